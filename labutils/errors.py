@@ -13,6 +13,10 @@ class LabError(Exception):
     """Base class: a problem with the user's input, not a bug in labutils."""
 
 
+class ModelError(LabError, ValueError):
+    """A model name that is not one of the lab's (``alexnet``, ``vgg16``)."""
+
+
 class ImageError(LabError, ValueError):
     """An image file that cannot be used (missing, not an image, truncated, too small...)."""
 

@@ -1,0 +1,54 @@
+"""labutils: the reference implementation of the Grad-CAM lab (AlexNet and VGG-16).
+
+Read it next to the notebooks, one module per idea:
+
+- ``models``   the networks, their ImageNet classes and layers
+- ``weights``  the pretrained weight files (cache, download, safe loading)
+- ``images``   image file -> normalized 1x3x224x224 tensor
+- ``data``     the sample images (manifest, checksums, fetch)
+- ``hooks``    forward and gradient hooks: A^k and dy^c/dA^k (section 5.1)
+- ``gradcam``  equations (1) and (2), post-processing, counterfactual maps
+- ``guided``   Guided Backpropagation and Guided Grad-CAM
+- ``overlay``  jet overlays and labelled figures
+- ``summary``  the architecture tables (the seed's Tables 1 and 2)
+"""
+
+from .errors import LabError
+from .gradcam import Explanation, alpha_weights, combine, gradcam, normalize, postprocess, upsample
+from .guided import guided_backprop, guided_gradcam
+from .hooks import Capture, capture
+from .models import (
+    class_label,
+    class_names,
+    default_layer,
+    feature_layers,
+    get_layer,
+    is_untrained,
+    load_model,
+    predict,
+    resolve_class,
+)
+
+__all__ = [
+    "Capture",
+    "Explanation",
+    "LabError",
+    "alpha_weights",
+    "capture",
+    "class_label",
+    "class_names",
+    "combine",
+    "default_layer",
+    "feature_layers",
+    "get_layer",
+    "gradcam",
+    "guided_backprop",
+    "guided_gradcam",
+    "is_untrained",
+    "load_model",
+    "normalize",
+    "postprocess",
+    "predict",
+    "resolve_class",
+    "upsample",
+]

@@ -1,0 +1,7 @@
+"""``python -m labutils``: see labutils/cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""The command line: ``python -m labutils {fetch,summary,explain}``.
+
+    python -m labutils fetch [--from DIR]
+    python -m labutils summary vgg16
+    python -m labutils explain cat_dog.jpg --model vgg16 --class 243 --class "tiger cat" --out out/ --npz
+    python -m labutils explain photos/ --model vgg16 --out out/          # a whole folder, batched
+
+Bad input gives one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .errors import ImageError, LabError
+from .gradcam import Explanation, class_targets, gradcam
+from .guided import guided_backprop, guided_gradcam
+from .images import LabImage, load_image
+from .models import ARCHITECTURES, class_label, get_layer, load_model, predict
+from .overlay import METHOD_TITLES, explanation_image, labelled, title, untrained_banner
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+METHODS: dict[str, Callable[..., Explanation]] = {
+    "gradcam": lambda model, x, classes, layer: gradcam(model, x, classes, layer),
+    "counterfactual": lambda model, x, classes, layer: gradcam(model, x, classes, layer, counterfactual=True),
+    "guided-backprop": lambda model, x, classes, layer: guided_backprop(model, x, classes),
+    "guided-gradcam": lambda model, x, classes, layer: guided_gradcam(model, x, classes, layer),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise LabError(f"{message} (see: python -m labutils {self.prog.split()[-1]} --help)")
+
+
+def image_paths(items: Sequence[str]) -> list[Path]:
+    """The image files named on the command line; a folder stands for the images inside it."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise ImageError(f"{path} is a folder with no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += found
+        else:
+            paths.append(path)
+    return paths
+
+
+def save_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a result file is an ordinary file
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(args: argparse.Namespace, model: torch.nn.Module, image: LabImage, exp: Explanation, n: int) -> None:
+    """One labelled overlay PNG per class (and with --npz one .npz) for image n of the batch."""
+    out = Path(args.out)
+    for k, c in enumerate(exp.classes[n].tolist()):
+        name = f"{Path(image.name).stem}_{args.model}_{exp.layer or 'input'}_{c}_{exp.method}.png"
+        picture = labelled(explanation_image(image.original, exp, n, k), title(model, exp, k, n), untrained_banner(model))
+        save_atomically(out / name, lambda tmp: picture.save(tmp, format="PNG"))
+    if args.npz:
+        arrays = {"classes": exp.classes[n].numpy(), "raw": exp.raw[n].numpy(), "map": exp.maps[n].numpy()}
+        target = out / f"{Path(image.name).stem}_{args.model}_{exp.method}.npz"
+        save_atomically(target, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+
+
+def explain(args: argparse.Namespace) -> None:
+    """Top-5 predictions and maps for every image, in batches."""
+    if args.batch_size < 1:
+        raise LabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    paths = image_paths(args.images)
+    images = [load_image(p) for p in paths]  # every input checked before any work
+    classes = class_targets(args.classes, 1)[0].tolist() if args.classes else None
+    model = load_model(args.model, args.weights, progress=True)
+    if args.layer:
+        get_layer(model, args.layer)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    banner = untrained_banner(model)
+    if banner:
+        print(banner)
+    batches = range(0, len(images), args.batch_size)
+    for start in tqdm(batches, desc="explaining", unit="batch", disable=len(batches) < 2):
+        batch = images[start : start + args.batch_size]
+        x = torch.cat([im.tensor for im in batch]).to(device)
+        per_image = None if classes is None else [classes] * len(batch)
+        exp = METHODS[args.method](model, x, per_image, args.layer)
+        for n, (image, top5) in enumerate(zip(batch, predict(model, x, 5))):
+            print(f"{image.path}: " + "; ".join(f"{class_label(i)} {p:.3f}" for i, _, p in top5))
+            write_outputs(args, model, image, exp, n)
+    print(f"wrote {METHOD_TITLES[args.method]} results for {len(images)} image(s) to {args.out}")
+
+
+def fetch(args: argparse.Namespace) -> None:
+    """Download (or copy from --from DIR) both weight files and the sample images."""
+    from .data import fetch as fetch_all
+
+    for path in fetch_all(Path(args.source) if args.source else None):
+        print(path)
+
+
+def summary(args: argparse.Namespace) -> None:
+    """Print the seed's Table 1 or 2."""
+    from .summary import print_summary
+
+    print_summary(args.model, seed_layout=not args.plain)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    top = OneLineParser(prog="python -m labutils", description="The Grad-CAM lab's tools.")
+    commands = top.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    p = commands.add_parser("fetch", help="download weights and sample images ahead of time")
+    p.add_argument("--from", dest="source", metavar="DIR", help="install them from a folder instead")
+    p.set_defaults(run=fetch)
+    p = commands.add_parser("summary", help="print the architecture table (the seed's Table 1 or 2)")
+    p.add_argument("model", choices=list(ARCHITECTURES))
+    p.add_argument("--plain", action="store_true", help="torchvision's layers, without the seed's quirks")
+    p.set_defaults(run=summary)
+    p = commands.add_parser("explain", help="Grad-CAM and friends for images or folders of images")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--model", choices=list(ARCHITECTURES), required=True)
+    p.add_argument("--weights", default=None, help="imagenet (default), random, or a state_dict file")
+    p.add_argument("--layer", default=None, help="target layer, e.g. features.29 (default: last ReLU)")
+    p.add_argument("--class", dest="classes", action="append", metavar="C", help="class index or name (repeatable)")
+    p.add_argument("--method", choices=list(METHODS), default="gradcam")
+    p.add_argument("--out", default="out", metavar="DIR", help="output folder (default: out)")
+    p.add_argument("--npz", action="store_true", help="also write the maps as .npz")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(run=explain)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; errors become one line on stderr and exit status 2."""
+    try:
+        args = parser().parse_args(argv)
+        args.run(args)
+    except LabError as error:
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one line
+        return 2
+    except OSError as error:
+        print(f"error: {error.strerror or error} ({error.filename or ''})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,162 @@
+"""Grad-CAM, as the seed's sections 2.2 and 5 describe it, and its counterfactual variant.
+
+For a target class c and the feature maps A^k of a conv layer:
+
+    alpha_k^c = 1/Z sum_i sum_j dy^c/dA^k_ij          (1)  global-average-pooled gradients
+    L^c       = ReLU( sum_k alpha_k^c A^k )           (2)  weighted sum of the feature maps
+
+then L^c is upsampled bilinearly to the input size and normalized to [0, 1] (section 5.5).
+The counterfactual map uses negated weights, -alpha_k^c: it shows what, if removed, would make
+the network *more* sure of class c.
+
+``gradcam(model, x, classes)`` does all of it for a batch of images and several classes at once:
+the layers below the target layer run once, without autograd (they need no gradient), and every
+class gets its gradient from one backward pass through the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ClassError, ImageError
+from .hooks import capture
+from .models import default_layer, resolve_class
+
+ClassSpec = Union[int, str, Sequence[Union[int, str]], Sequence[Sequence[Union[int, str]]], torch.Tensor, None]
+
+
+@dataclass
+class Explanation:
+    """The result of one explanation call, for N images and K classes each."""
+
+    method: str  # "gradcam", "counterfactual", "guided-backprop" or "guided-gradcam"
+    layer: str | None  # the target layer (None for guided backprop alone)
+    classes: torch.Tensor  # (N, K) class indices c
+    scores: torch.Tensor  # (N, K) class scores y^c (logits)
+    raw: torch.Tensor  # (N, K, h, w): L^c at the layer's resolution; guided: (N, K, 3, H, W) input gradients
+    maps: torch.Tensor  # (N, K, H, W) in [0, 1]; guided: (N, K, 3, H, W) in [0, 1] for display
+
+
+# ---------------------------------------------------------------- the two equations
+
+
+def alpha_weights(gradients: torch.Tensor) -> torch.Tensor:
+    """Equation (1): alpha_k^c, the gradients dy^c/dA^k averaged over the Z = h*w positions. (…, K, h, w) -> (…, K)."""
+    return gradients.mean(dim=(-2, -1))
+
+
+def combine(alpha: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """Equation (2): L^c = ReLU(sum_k alpha_k^c A^k). alpha (…, K), A (…, K, h, w) -> (…, h, w)."""
+    return F.relu((alpha[..., None, None] * activations).sum(dim=-3))
+
+
+# ---------------------------------------------------------------- post-processing (section 5.5)
+
+
+def normalize(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map (last two dims) to [0, 1]; a flat map becomes all zeros, never NaN."""
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), torch.zeros_like(maps))
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (…, h, w) maps to ``size`` (the input image's height and width)."""
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:])
+    return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
+
+
+def postprocess(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Section 5.5: upsample L^c bilinearly to the input size, keep positive values, normalize to [0, 1]."""
+    return normalize(F.relu(upsample(raw, size)))
+
+
+# ---------------------------------------------------------------- targets
+
+
+def check_images(x: torch.Tensor) -> None:
+    """Refuse anything that is not a batch of RGB images (N, 3, H, W)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ImageError(f"expected a float batch of RGB images (N, 3, H, W), got {shape}: use labutils.load_image")
+    if x.shape[0] == 0:
+        raise ImageError("the batch of images is empty")
+
+
+def class_targets(classes: ClassSpec, n_images: int) -> torch.Tensor | None:
+    """Turn ``classes`` into an (N, K) tensor of class indices (None: each image's top-1 class).
+
+    One class (index or name) applies to every image; a flat list gives one class per image, or K
+    classes of the only image when N == 1; a list of N lists gives K classes for every image.
+    """
+    if classes is None:
+        return None
+    if isinstance(classes, torch.Tensor):
+        classes = classes.tolist()
+    if isinstance(classes, (int, str)):
+        return torch.full((n_images, 1), resolve_class(classes), dtype=torch.long)
+    rows = list(classes)
+    if not rows:
+        raise ClassError("no class given: pass a class index or name, a list of them, or None for the top-1 class")
+    if all(isinstance(r, (int, str)) for r in rows):
+        if n_images == 1:
+            rows = [rows]
+        elif len(rows) == n_images:
+            rows = [[r] for r in rows]
+        else:
+            raise ClassError(
+                f"got {len(rows)} classes for a batch of {n_images} images: give one class for all, one per image, "
+                f"or a list of {n_images} lists (K classes for every image)"
+            )
+    if len(rows) != n_images or len({len(r) for r in rows}) != 1 or not rows[0]:
+        raise ClassError(f"classes must be {n_images} lists of the same non-zero length, one list per image")
+    return torch.tensor([[resolve_class(c) for c in r] for r in rows], dtype=torch.long)
+
+
+# ---------------------------------------------------------------- Grad-CAM
+
+
+def gradcam(
+    model: nn.Module,
+    x: torch.Tensor,
+    classes: ClassSpec = None,
+    layer: str | None = None,
+    *,
+    counterfactual: bool = False,
+) -> Explanation:
+    """Grad-CAM maps of ``classes`` for the images ``x`` (N, 3, H, W) at ``layer`` (default: last ReLU).
+
+    ``counterfactual=True`` uses the seed's negated weights -alpha_k^c. The model, its hooks, its
+    parameters' ``.grad`` and ``x`` are left exactly as they were.
+    """
+    check_images(x)
+    layer = layer or default_layer(model)
+    targets = class_targets(classes, x.shape[0])
+    n, k = x.shape[0], 1 if targets is None else targets.shape[1]
+    device = next(model.parameters()).device
+    with capture(model, layer, cut_graph=True, copies=k) as seen, torch.no_grad():
+        scores = model(x.to(device))  # (N*K, 1000): K copies of each image's head, one per class
+        if targets is None:
+            targets = scores.argmax(dim=1, keepdim=True).cpu()
+        y_c = scores.gather(1, targets.reshape(-1, 1).to(device))  # (N*K, 1)
+        torch.autograd.grad(y_c.sum(), seen.activations)  # save_gradient stores dy^c/dA^k
+    activations = seen.activations.detach()[::k]  # (N, C, h, w): A^k
+    gradients = seen.gradients.reshape(n, k, *activations.shape[1:])  # (N, K, C, h, w)
+    alpha = alpha_weights(gradients)
+    if counterfactual:
+        alpha = -alpha
+    raw = combine(alpha, activations[:, None])  # (N, K, h, w)
+    return Explanation(
+        method="counterfactual" if counterfactual else "gradcam",
+        layer=layer,
+        classes=targets,
+        scores=y_c.detach().reshape(n, k).cpu(),
+        raw=raw.cpu(),
+        maps=postprocess(raw, tuple(x.shape[-2:])).cpu(),
+    )

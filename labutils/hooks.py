@@ -1,0 +1,80 @@
+"""Hooks: catch the feature maps A^k of a layer on the way forward and dy^c/dA^k on the way back.
+
+This is the seed's section 5.1: a forward hook saves the activations of the target layer and a
+gradient hook, ``save_gradient``, saves the gradient that flows back into them::
+
+    with capture(model, "features.29") as seen:
+        scores = model(x)
+        scores[0, 243].backward()
+    seen.activations, seen.gradients      # A^k and dy^c/dA^k, both (N, K, h, w)
+
+The hooks exist only inside the ``with`` block: they are removed on the way out, also when an
+exception is raised, so nothing is left on the model.
+
+Two details make it safe on torchvision's VGG/AlexNet, whose ReLUs are ``inplace=True``:
+
+* The forward hook hands the rest of the network a *clone* of the layer's output. An inplace ReLU
+  that follows (e.g. after the conv ``features.28``) then overwrites the clone, never the tensor we
+  saved, so A^k stays the conv's output and its gradient is the conv output's gradient.
+* With ``cut_graph=True`` the saved A^k is detached and becomes the start of the autograd graph:
+  the layers below it run without recording anything (call the model under ``torch.no_grad()``;
+  the hook switches recording on from this layer up). Grad-CAM needs no gradient below the target
+  layer, so this costs no more than a plain forward pass plus a backward through the head.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .errors import LayerError
+from .models import feature_layers, get_layer
+
+
+@dataclass
+class Capture:
+    """What the hooks saw at one layer."""
+
+    layer: str
+    activations: torch.Tensor | None = None  # A^k, (N, K, h, w)
+    gradients: torch.Tensor | None = None  # dy^c / dA^k, (N, K, h, w)
+
+
+@contextmanager
+def capture(model: nn.Module, layer: str, *, cut_graph: bool = False, copies: int = 1) -> Iterator[Capture]:
+    """Save the activations and gradients of ``model``'s module ``layer`` while the block runs.
+
+    ``copies=K`` repeats each image's feature maps K times on their way up, so that K classes of
+    one image can take their gradients from a single backward pass (copy j for class j).
+    """
+    module = get_layer(model, layer)
+    seen = Capture(layer)
+
+    def save_gradient(grad: torch.Tensor) -> None:
+        seen.gradients = grad
+
+    def save_activations(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not (isinstance(output, torch.Tensor) and output.dim() == 4):
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise LayerError(
+                f"layer {layer!r} ({type(module).__name__}) outputs {shape}, not a 4-D feature map (N, K, h, w); "
+                f"choose one of: {', '.join(feature_layers(model))}"
+            )
+        activations = output if copies == 1 else output.repeat_interleave(copies, dim=0)
+        if cut_graph:
+            activations = activations.detach().requires_grad_(True)
+            torch.set_grad_enabled(True)  # record the graph from here up; the caller's no_grad() restores it
+        seen.activations = activations
+        if activations.requires_grad:
+            activations.register_hook(save_gradient)
+        return activations.clone()  # what flows on may be changed inplace; A^k may not
+
+    handle = module.register_forward_hook(save_activations)
+    try:
+        yield seen
+    finally:
+        handle.remove()

@@ -1,0 +1,175 @@
+"""The two networks of the lab, AlexNet and VGG-16, their ImageNet classes and their layers.
+
+``load_model("vgg16")`` returns torchvision's VGG-16 in eval mode with the ImageNet weights the
+seed report uses (``vgg16-397923af.pth``), downloaded on first use into the torch hub cache.
+``weights="random"`` (or ``LABUTILS_WEIGHTS=random``) builds the same architecture with seeded,
+untrained weights: it is only ever used when asked for, and ``is_untrained(model)`` tells every
+figure and printout to say so.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from . import weights as weight_files
+from .errors import ClassError, LayerError, ModelError
+
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the lab needs to know about one network."""
+
+    title: str  # as printed on figures
+    build: Callable[..., nn.Module]  # torchvision's builder
+    weights: torchvision.models.WeightsEnum  # torchvision's ImageNet weights (URL, classes, accuracy)
+    default_layer: str  # the last ReLU of `features`: the paper's relu5 (AlexNet) / relu5_3 (VGG-16)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "alexnet": Architecture(
+        "AlexNet", torchvision.models.alexnet, torchvision.models.AlexNet_Weights.IMAGENET1K_V1, "features.11"
+    ),
+    "vgg16": Architecture(
+        "VGG-16", torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1, "features.29"
+    ),
+}
+
+
+def architecture(name: str) -> Architecture:
+    """Look up ``"alexnet"`` or ``"vgg16"``."""
+    try:
+        return ARCHITECTURES[name]
+    except (KeyError, TypeError):
+        raise ModelError(f"unknown model {name!r}: choose one of {', '.join(ARCHITECTURES)}") from None
+
+
+def load_model(name: str, weights: str | os.PathLike | None = None, *, progress: bool = True) -> nn.Module:
+    """Build AlexNet or VGG-16 in eval mode.
+
+    ``weights``: ``"imagenet"`` (the pretrained file, from the torch hub cache or downloaded),
+    ``"random"`` (seeded untrained weights: the pipeline runs, the maps mean nothing), or the path
+    of a state_dict file for this architecture. ``None`` reads ``LABUTILS_WEIGHTS`` (default
+    ``"imagenet"``). The model remembers its name and weights: see ``model_name``, ``is_untrained``.
+    """
+    arch = architecture(name)
+    choice = weights if weights is not None else os.environ.get("LABUTILS_WEIGHTS", "imagenet")
+    choice = os.fspath(choice)
+    if choice == "random":
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
+            torch.manual_seed(RANDOM_SEED)
+            model = arch.build(weights=None)
+    else:
+        with torch.device("meta"):  # the architecture only: the weights come from the file
+            model = arch.build(weights=None)
+        if choice == "imagenet":
+            state_dict = weight_files.pretrained_state_dict(name, progress=progress)
+        else:
+            state_dict = weight_files.read_state_dict(Path(choice))
+        model = model.to_empty(device="cpu")
+        weight_files.load_weights_into(model, state_dict, name)
+    model.eval()
+    model.labutils_name = name
+    model.labutils_weights = choice
+    return model
+
+
+def model_name(model: nn.Module) -> str:
+    """``"alexnet"`` or ``"vgg16"`` for a model from ``load_model`` (guessed from its class otherwise)."""
+    name = getattr(model, "labutils_name", None)
+    if name is None:
+        name = {"AlexNet": "alexnet", "VGG": "vgg16"}.get(type(model).__name__)
+    if name is None:
+        raise ModelError(f"{type(model).__name__} is not one of the lab's models: use load_model('alexnet' or 'vgg16')")
+    return name
+
+
+def is_untrained(model: nn.Module) -> bool:
+    """True when the model was built with ``weights="random"``: results must say so."""
+    return getattr(model, "labutils_weights", None) == "random"
+
+
+def weights_label(model: nn.Module) -> str:
+    """A short description of the weights, for titles and printouts."""
+    if is_untrained(model):
+        return "UNTRAINED (random) weights: the maps show the pipeline, not what the network learned"
+    choice = getattr(model, "labutils_weights", "imagenet")
+    return "ImageNet weights" if choice == "imagenet" else f"weights from {Path(choice).name}"
+
+
+# ---------------------------------------------------------------- ImageNet classes
+
+
+def class_names() -> list[str]:
+    """The 1000 ImageNet class names, from torchvision's weights metadata (243 = 'bull mastiff')."""
+    return list(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def resolve_class(c: int | str) -> int:
+    """A class index from an index (``243``, ``"243"``) or a name (``"bull mastiff"``, any case)."""
+    names = class_names()
+    if isinstance(c, bool):
+        raise ClassError(f"class {c!r} is not a class index or name")
+    if isinstance(c, str) and c.strip().lstrip("-").isdigit():
+        c = int(c.strip())
+    if isinstance(c, int) or (isinstance(c, torch.Tensor) and c.numel() == 1):
+        index = int(c)
+        if not 0 <= index < len(names):
+            raise ClassError(f"class index {index} is out of range: ImageNet classes are 0..{len(names) - 1}")
+        return index
+    if isinstance(c, str):
+        lowered = [n.lower() for n in names]
+        key = c.strip().lower()
+        if key in lowered:
+            return lowered.index(key)
+        close = difflib.get_close_matches(key, lowered, n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(names[lowered.index(m)]) for m in close)}?" if close else ""
+        raise ClassError(f"no ImageNet class is named {c!r}{hint} (give a name or an index 0..{len(names) - 1})")
+    raise ClassError(f"class {c!r} is not a class index or name")
+
+
+def class_label(index: int) -> str:
+    """``"243 bull mastiff"``: index and name, for titles."""
+    return f"{index} {class_names()[index]}"
+
+
+# ---------------------------------------------------------------- layers
+
+
+def feature_layers(model: nn.Module) -> list[str]:
+    """Names of the conv and ReLU layers whose outputs are feature maps A^k (``features.0`` ...)."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ReLU)) and n.startswith("features.")]
+
+
+def default_layer(model: nn.Module) -> str:
+    """The seed's target layer: the last ReLU of ``features`` (VGG-16 features.29, AlexNet features.11)."""
+    return architecture(model_name(model)).default_layer
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module called ``name`` (e.g. ``"features.29"``), with the valid names listed if there is none."""
+    modules = dict(model.named_modules())
+    if not isinstance(name, str) or name not in modules or name == "":
+        valid = feature_layers(model)
+        raise LayerError(f"model has no layer {name!r}; conv/ReLU layers with feature maps: {', '.join(valid)}")
+    return modules[name]
+
+
+def predict(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[list[tuple[int, str, float]]]:
+    """Top-k ``(class index, name, probability)`` for each image of the batch ``x``."""
+    with torch.no_grad():
+        probs = model(x).softmax(dim=1)
+    top = probs.topk(k, dim=1)
+    names = class_names()
+    return [
+        [(int(i), names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values, top.indices)
+    ]
