@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 
 from . import weights as weight_files
-from .errors import ClassError, LayerError, ModelError
+from .errors import ClassError, LayerError, ModelError, WeightsError
 
 RANDOM_SEED = 0
 
@@ -73,8 +73,12 @@ def load_model(name: str, weights: str | os.PathLike | None = None, *, progress:
             model = arch.build(weights=None)
         if choice == "imagenet":
             state_dict = weight_files.pretrained_state_dict(name, progress=progress)
-        else:
+        elif Path(choice).is_file():
             state_dict = weight_files.read_state_dict(Path(choice))
+        else:
+            raise WeightsError(
+                f"weights {choice!r}: no such file; use 'imagenet', 'random' (untrained) or the path of a state_dict file"
+            )
         model = model.to_empty(device="cpu")
         weight_files.load_weights_into(model, state_dict, name)
     model.eval()
