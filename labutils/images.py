@@ -1,0 +1,275 @@
+"""Image file -> the tensor the models expect: a normalized (1, 3, 224, 224) batch.
+
+AlexNet and VGG-16 were trained on ImageNet photos scaled to [0, 1] and then
+normalized channel by channel with the ImageNet mean and standard deviation
+(``IMAGENET_MEAN``, ``IMAGENET_STD``, read from torchvision's weights metadata).
+``load_image`` turns any image file into that input:
+
+1. open it with PIL and check it (exists, is an image, not truncated, not tiny,
+   not absurdly large);
+2. turn it upright (EXIF orientation, as phone photos need) and into RGB:
+   transparency (RGBA, LA, palette with a transparent colour) is composited on
+   white, CMYK / grayscale / palette are converted, 16-bit grayscale is scaled to
+   8 bits (65535 -> 255);
+3. keep that RGB picture as ``LabImage.original`` for the Grad-CAM overlays,
+   reduced to at most ``ORIGINAL_MAX_SIDE`` (1024) pixels on its longest side;
+4. ``preprocess`` it: resize the WHOLE picture to 224 x 224 (bilinear, with
+   antialiasing, by PIL; no crop, so an object at the border stays in the input;
+   the aspect ratio is not kept), scale to [0, 1] and normalize.
+
+So ``LabImage.tensor`` is always ``preprocess(LabImage.original)``.
+
+Very large photos are cheap: a JPEG is decoded directly at 1/2, 1/4 or 1/8 scale
+(``Image.draft``) and every picture is shrunk to 1024 pixels before it becomes a
+float tensor, so a 10000 x 8000 photo never turns into a 1 GB float tensor. Images
+of more than ``MAX_PIXELS`` (20000 x 20000) pixels are refused with ``ImageError``;
+below that, PIL's decompression-bomb limit is lifted for the duration of the call.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.models import VGG16_Weights
+from torchvision.transforms import functional as TF
+
+from labutils.errors import ImageError, ImageNotFoundError
+
+# AlexNet_Weights.IMAGENET1K_V1 uses the same numbers.
+_IMAGENET_TRANSFORMS = VGG16_Weights.IMAGENET1K_V1.transforms()
+IMAGENET_MEAN: tuple[float, float, float] = tuple(_IMAGENET_TRANSFORMS.mean)
+IMAGENET_STD: tuple[float, float, float] = tuple(_IMAGENET_TRANSFORMS.std)
+
+INPUT_SIZE = 224  # the side of the square input of AlexNet and VGG-16
+ORIGINAL_MAX_SIDE = 1024  # LabImage.original is reduced to this many pixels on its longest side
+MIN_SIDE = 8  # smaller images carry no usable detail
+MAX_PIXELS = 20000 * 20000  # larger images are refused (a decompression bomb or a mistake)
+
+_WHITE = (255, 255, 255, 255)
+_ORIENTATION = 0x0112  # the EXIF tag saying how the camera was held
+
+
+@dataclass(frozen=True, eq=False)
+class LabImage:
+    """One image, ready for the models.
+
+    ``tensor``: the model input, (1, 3, 224, 224) float32, normalized.
+    ``original``: the RGB picture the tensor was made from, for overlays (longest
+    side at most 1024 pixels: larger photos are kept reduced to that).
+    ``path``: the file it came from (``None`` for an in-memory picture).
+    ``name``: a short label for plots (the file name).
+    """
+
+    tensor: torch.Tensor
+    original: Image.Image
+    path: Path | None
+    name: str
+
+    def __repr__(self) -> str:
+        width, height = self.original.size
+        return f"LabImage(name={self.name!r}, original={width}x{height}, tensor={tuple(self.tensor.shape)})"
+
+
+def load_image(path: str | os.PathLike, size: int = INPUT_SIZE) -> LabImage:
+    """Open an image file and make the model input from it (see the module docstring)."""
+    path = Path(path).expanduser()
+    _check_file(path)
+    with _pixel_limit(), _open(path) as img:
+        _check_size(img, path)
+        orientation = img.getexif().get(_ORIENTATION, 1)
+        img.draft(None, (ORIGINAL_MAX_SIDE, ORIGINAL_MAX_SIDE))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale
+        try:
+            img.load()  # decode everything now, so a truncated file fails here
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageError(
+                f"{path} is truncated or corrupt ({exc}): the download or copy probably stopped early; "
+                "get the file again"
+            ) from exc
+        original = _as_rgb_original(img, path)
+        if original is img:  # the file's own image object dies when the file is closed
+            original = img.copy()
+    original = _upright(original, orientation)
+    return LabImage(tensor=preprocess(original, size), original=original, path=path, name=path.name)
+
+
+def from_pil(image: Image.Image, name: str = "image", size: int = INPUT_SIZE) -> LabImage:
+    """Make a ``LabImage`` from a picture already in memory (e.g. an upload in a notebook)."""
+    _check_size(image, name)
+    original = _as_rgb_original(image, name)
+    if original is image:
+        original = image.copy()  # the caller may change their picture later
+    return LabImage(tensor=preprocess(original, size), original=original, path=None, name=name)
+
+
+def preprocess(image: Image.Image, size: int = INPUT_SIZE) -> torch.Tensor:
+    """Resize the whole picture to size x size, scale to [0, 1], normalize: (1, 3, size, size).
+
+    Same result as torchvision's ``Compose([Resize((size, size)), ToTensor(),
+    Normalize(IMAGENET_MEAN, IMAGENET_STD)])`` on an RGB picture.
+    """
+    image = _to_rgb(image, getattr(image, "filename", "") or "the image")
+    resized = image.resize((size, size), Image.Resampling.BILINEAR)  # PIL antialiases when shrinking
+    x = TF.to_tensor(resized)  # (3, size, size), values in [0, 1]
+    x = TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    return x.unsqueeze(0)
+
+
+def to_display(tensor: torch.Tensor) -> np.ndarray:
+    """Undo the normalization of a (3, H, W) or (1, 3, H, W) input: H x W x 3 floats in [0, 1], for plotting."""
+    if tensor.dim() == 4 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.dim() != 3 or tensor.shape[0] != 3:
+        raise ImageError(
+            f"to_display expects one image, a (3, H, W) or (1, 3, H, W) tensor, got shape {tuple(tensor.shape)}; "
+            "for a batch, pass one image at a time: batch[i]"
+        )
+    x = tensor.detach().cpu().float()
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def load_images(paths: Iterable[str | os.PathLike] | str | os.PathLike, size: int = INPUT_SIZE) -> list[LabImage]:
+    """``load_image`` for each path (a single path is accepted too)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    return [load_image(p, size) for p in paths]
+
+
+def stack(images: Sequence[LabImage]) -> torch.Tensor:
+    """The model input for several images: their tensors as one (N, 3, H, W) batch."""
+    if len(images) == 0:
+        raise ImageError("stack() needs at least one image; load some with load_images([...])")
+    shapes = {tuple(im.tensor.shape) for im in images}
+    if len(shapes) != 1:
+        sizes = ", ".join(f"{im.name}: {tuple(im.tensor.shape)}" for im in images)
+        raise ImageError(f"stack() needs images of one size, got {sizes}; load them all with the same size")
+    return torch.cat([im.tensor for im in images])
+
+
+# --- the steps -------------------------------------------------------------------
+
+
+def _check_file(path: Path) -> None:
+    """Raise a clear error for a path that is not a readable, non-empty file."""
+    if not path.exists():
+        raise ImageNotFoundError(
+            f"Image file not found: {path} (relative paths start in {Path.cwd()}); check the name and folder"
+        )
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file; give the path of an image inside it")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path} is empty (0 bytes): the download or copy probably failed; get the file again")
+
+
+@contextmanager
+def _pixel_limit() -> Iterator[None]:
+    """Let PIL open images up to MAX_PIXELS during this call (its default stops near 89 megapixels)."""
+    default = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = default
+
+
+def _open(path: Path) -> Image.Image:
+    """``Image.open`` with one clear ImageError for each way it fails."""
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError as exc:
+        with open(path, "rb") as f:
+            text = f.read(256).isascii()
+        hint = " (it holds text, e.g. an error page saved by a failed download)" if text else ""
+        raise ImageError(
+            f"{path} is not an image PIL can read{hint}; use a JPEG or PNG file, or get the file again"
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, exc) from exc
+    except OSError as exc:
+        raise ImageError(f"Cannot read {path}: {exc}") from exc
+
+
+def _too_large(where: object, detail: object) -> ImageError:
+    limit = int(MAX_PIXELS**0.5)
+    return ImageError(
+        f"{where} is too large ({detail}); the lab accepts images up to {limit}x{limit} pixels: "
+        "shrink it first (any image editor, or PIL's Image.thumbnail)"
+    )
+
+
+def _check_size(img: Image.Image, where: object) -> None:
+    """Refuse tiny and absurdly large images, before decoding any pixel."""
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise _too_large(where, f"{width}x{height} pixels")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"{where} is only {width}x{height} pixels; images must be at least {MIN_SIDE}x{MIN_SIDE} "
+            "(the models see 224x224): use a larger image"
+        )
+
+
+def _as_rgb_original(img: Image.Image, where: object) -> Image.Image:
+    """The RGB picture kept as ``LabImage.original``: converted, at most ORIGINAL_MAX_SIDE pixels."""
+    if img.mode not in ("P", "PA", "1") and "transparency" not in img.info:
+        img = _shrink(img)  # fewer pixels to convert; palette indices and colour keys must not be blended
+    return _shrink(_to_rgb(img, where))
+
+
+def _shrink(img: Image.Image) -> Image.Image:
+    """The picture reduced to ORIGINAL_MAX_SIDE pixels on its longest side (unchanged if smaller)."""
+    width, height = img.size
+    scale = ORIGINAL_MAX_SIDE / max(width, height)
+    if scale >= 1:
+        return img
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _to_rgb(img: Image.Image, where: object) -> Image.Image:
+    """The picture in RGB: transparency on white, 16-bit scaled to 8-bit, other modes converted."""
+    if img.mode == "RGB" and "transparency" not in img.info:
+        return img
+    if img.mode.startswith("I"):  # 16-bit grayscale ("I;16", or "I" holding 0..65535)
+        levels = np.asarray(img).clip(0, 65535).astype(np.uint32)
+        eight_bit = ((levels * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257), in integers
+        return Image.fromarray(eight_bit).convert("RGB")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    if img.mode == "F":
+        raise ImageError(
+            f"{where} holds 32-bit floating-point pixels, whose brightness scale is unknown; "
+            "save it as an 8-bit (or 16-bit) PNG or JPEG"
+        )
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise ImageError(
+            f"{where} has pixel mode {img.mode!r}, which cannot be converted to RGB; save it as JPEG or PNG"
+        ) from exc
+
+
+def _upright(img: Image.Image, orientation: int) -> Image.Image:
+    """Apply the EXIF orientation (1 = upright already), as ImageOps.exif_transpose does."""
+    method = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }.get(orientation)
+    return img if method is None else img.transpose(method)
