@@ -1,6 +1,8 @@
-"""The command line: ``python -m labutils {fetch,summary,explain}``.
+"""The command line: ``python -m labutils {fetch,summary,explain,student,grade}``.
 
     python -m labutils fetch [--from DIR]
+    python -m labutils student [--out student/]                       # the notebooks without solutions
+    python -m labutils grade submissions/ [--out grades/] [--timeout 120]
     python -m labutils summary vgg16
     python -m labutils explain cat_dog.jpg --model vgg16 --class 243 --class "tiger cat" --out out/ --npz
     python -m labutils explain photos/ --model vgg16 --out out/          # a whole folder, batched
@@ -59,6 +61,16 @@ def image_paths(items: Sequence[str]) -> list[Path]:
     return paths
 
 
+def check_output_names(paths: Sequence[Path]) -> None:
+    """Refuse two images with one name stem (cat.jpg, cat.png): their results would overwrite each other."""
+    first: dict[str, Path] = {}
+    for path in paths:
+        other = first.setdefault(path.stem, path)
+        if other != path:
+            raise LabError(f"{other} and {path} would write their results to the same files ({path.stem}_...): "
+                           "rename one of them, or explain them separately with different --out folders")
+
+
 def save_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename: never a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
@@ -84,14 +96,17 @@ def write_outputs(args: argparse.Namespace, model: torch.nn.Module, image: LabIm
     if args.npz:
         arrays = {"classes": exp.classes[n].numpy(), "raw": exp.raw[n].numpy(), "map": exp.maps[n].numpy()}
         target = out / f"{Path(image.name).stem}_{args.model}_{exp.method}.npz"
-        save_atomically(target, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+        save_atomically(target, lambda tmp: np.savez(tmp, **arrays))  # tmp ends in .npz: numpy keeps the name
 
 
 def explain(args: argparse.Namespace) -> None:
     """Top-5 predictions and maps for every image, in batches."""
     if args.batch_size < 1:
         raise LabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise LabError(f"--out {args.out} is a file; give a folder for the results (it is created if needed)")
     paths = image_paths(args.images)
+    check_output_names(paths)
     images = [load_image(p) for p in paths]  # every input checked before any work
     classes = class_targets(args.classes, 1)[0].tolist() if args.classes else None
     model = load_model(args.model, args.weights, progress=True)
@@ -130,6 +145,26 @@ def summary(args: argparse.Namespace) -> None:
     print_summary(args.model, seed_layout=not args.plain)
 
 
+def student(args: argparse.Namespace) -> None:
+    """Write the student versions of the notebooks."""
+    from .student import default_notebooks, make_student_versions
+
+    for path in make_student_versions([Path(p) for p in args.notebooks] or default_notebooks(), Path(args.out)):
+        print(path)
+
+
+def grade(args: argparse.Namespace) -> None:
+    """Grade submitted notebooks: grades.csv and one HTML report per student."""
+    from .grading import grade as grade_all
+
+    kw = {"instructor_dir": Path(args.notebooks)} if args.notebooks else {}
+    results = grade_all([Path(p) for p in args.submissions], Path(args.out), timeout=args.timeout, jobs=args.jobs,
+                        **kw)
+    for r in results:
+        print(f"{r.student}: {r.total:g} / {r.max_points:g}  {r.report}")
+    print(f"wrote {Path(args.out) / 'grades.csv'} ({len(results)} student(s))")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     top = OneLineParser(prog="python -m labutils", description="The Grad-CAM lab's tools.")
@@ -141,6 +176,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model", choices=list(ARCHITECTURES))
     p.add_argument("--plain", action="store_true", help="torchvision's layers, without the seed's quirks")
     p.set_defaults(run=summary)
+    p = commands.add_parser("student", help="write the student versions of the notebooks (solutions removed)")
+    p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="default: the lab's notebooks/*.ipynb")
+    p.add_argument("--out", default="student", metavar="DIR", help="output folder (default: student)")
+    p.set_defaults(run=student)
+    p = commands.add_parser("grade", help="re-execute submitted notebooks, score the exercises, write reports")
+    p.add_argument("submissions", nargs="+", metavar="SUBMISSION", help="notebooks or folders of notebooks")
+    p.add_argument("--out", default="grades", metavar="DIR", help="output folder (default: grades)")
+    p.add_argument("--timeout", type=int, default=120, metavar="S", help="seconds per cell (default: 120)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks run at a time (default: 1)")
+    p.add_argument("--notebooks", default=None, metavar="DIR", help="the instructor's notebooks (default: the lab's)")
+    p.set_defaults(run=grade)
     p = commands.add_parser("explain", help="Grad-CAM and friends for images or folders of images")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--model", choices=list(ARCHITECTURES), required=True)
@@ -164,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one line
         return 2
     except OSError as error:
-        print(f"error: {error.strerror or error} ({error.filename or ''})", file=sys.stderr)
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
