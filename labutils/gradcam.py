@@ -10,8 +10,8 @@ The counterfactual map uses negated weights, -alpha_k^c: it shows what, if remov
 the network *more* sure of class c.
 
 ``gradcam(model, x, classes)`` does all of it for a batch of images and several classes at once:
-the layers below the target layer run once, without autograd (they need no gradient), and every
-class gets its gradient from one backward pass through the head.
+one forward pass, in which the layers below the target layer run without autograd (they need no
+gradient), and one backward pass through the head that carries the K classes' gradients together.
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ def check_images(x: torch.Tensor) -> None:
         raise ImageError(f"expected a float batch of RGB images (N, 3, H, W), got {shape}: use labutils.load_image")
     if x.shape[0] == 0:
         raise ImageError("the batch of images is empty")
+    if not torch.isfinite(x).all():
+        raise ImageError("the images hold NaN or infinite values: check how the tensor was made")
 
 
 def class_targets(classes: ClassSpec, n_images: int) -> torch.Tensor | None:
@@ -122,6 +124,57 @@ def class_targets(classes: ClassSpec, n_images: int) -> torch.Tensor | None:
 # ---------------------------------------------------------------- Grad-CAM
 
 
+def top_classes(scores: torch.Tensor) -> torch.Tensor:
+    """Each image's top-1 class, (N, 1): the class explained when none is given."""
+    return scores.argmax(dim=1, keepdim=True).cpu()
+
+
+def one_hot_seeds(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Where the backward pass starts, dy^c/dy for K classes: (K, N, 1000), seed j is 1 at image i's class c_ij."""
+    seeds = torch.zeros(targets.shape[1], *scores.shape, dtype=scores.dtype, device=scores.device)
+    return seeds.scatter_(2, targets.T[..., None].to(scores.device), 1.0)
+
+
+def class_gradients(
+    scores: torch.Tensor, activations: torch.Tensor, targets: torch.Tensor, *, retain_graph: bool = False
+) -> torch.Tensor:
+    """dy^c/dA^k for the K classes (N, K) of every image: (N, K, C, h, w), from ONE backward pass.
+
+    The backward pass carries the K one-hot seeds together (autograd's ``is_grads_batched``): each
+    layer of the head multiplies its weights with all K gradients at once, and the forward pass
+    that produced ``scores`` is shared by all classes.
+    """
+    seeds = one_hot_seeds(scores, targets)
+    (gradients,) = torch.autograd.grad(
+        scores, activations, seeds, retain_graph=retain_graph, is_grads_batched=True
+    )  # (K, N, C, h, w)
+    return gradients.transpose(0, 1)
+
+
+def cam_explanation(
+    layer: str,
+    targets: torch.Tensor,
+    scores: torch.Tensor,
+    activations: torch.Tensor,
+    gradients: torch.Tensor,
+    size: tuple[int, int],
+    counterfactual: bool = False,
+) -> Explanation:
+    """Equations (1) and (2) and section 5.5, from A^k (N, C, h, w) and dy^c/dA^k (N, K, C, h, w)."""
+    alpha = alpha_weights(gradients)  # (N, K, C)
+    if counterfactual:
+        alpha = -alpha
+    raw = combine(alpha, activations.detach()[:, None])  # (N, K, h, w)
+    return Explanation(
+        method="counterfactual" if counterfactual else "gradcam",
+        layer=layer,
+        classes=targets,
+        scores=scores.detach().gather(1, targets.to(scores.device)).cpu(),  # (N, K): y^c
+        raw=raw.cpu(),
+        maps=postprocess(raw, size).cpu(),
+    )
+
+
 def gradcam(
     model: nn.Module,
     x: torch.Tensor,
@@ -138,25 +191,9 @@ def gradcam(
     check_images(x)
     layer = layer or default_layer(model)
     targets = class_targets(classes, x.shape[0])
-    n, k = x.shape[0], 1 if targets is None else targets.shape[1]
     device = next(model.parameters()).device
-    with capture(model, layer, cut_graph=True, copies=k) as seen, torch.no_grad():
-        scores = model(x.to(device))  # (N*K, 1000): K copies of each image's head, one per class
-        if targets is None:
-            targets = scores.argmax(dim=1, keepdim=True).cpu()
-        y_c = scores.gather(1, targets.reshape(-1, 1).to(device))  # (N*K, 1)
-        torch.autograd.grad(y_c.sum(), seen.activations)  # save_gradient stores dy^c/dA^k
-    activations = seen.activations.detach()[::k]  # (N, C, h, w): A^k
-    gradients = seen.gradients.reshape(n, k, *activations.shape[1:])  # (N, K, C, h, w)
-    alpha = alpha_weights(gradients)
-    if counterfactual:
-        alpha = -alpha
-    raw = combine(alpha, activations[:, None])  # (N, K, h, w)
-    return Explanation(
-        method="counterfactual" if counterfactual else "gradcam",
-        layer=layer,
-        classes=targets,
-        scores=y_c.detach().reshape(n, k).cpu(),
-        raw=raw.cpu(),
-        maps=postprocess(raw, tuple(x.shape[-2:])).cpu(),
-    )
+    with capture(model, layer, cut_graph=True, save_gradients=False) as seen, torch.no_grad():
+        scores = model(x.to(device))  # (N, 1000); autograd records only the layers above `layer`
+        targets = top_classes(scores) if targets is None else targets
+        gradients = class_gradients(scores, seen.activations, targets)
+    return cam_explanation(layer, targets, scores, seen.activations, gradients, tuple(x.shape[-2:]), counterfactual)

@@ -12,12 +12,17 @@ The model is not modified: the rule is added with hooks that exist only during t
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from .gradcam import ClassSpec, Explanation, check_images, class_targets, gradcam
+from .gradcam import (
+    ClassSpec, Explanation, cam_explanation, check_images, class_gradients, class_targets, top_classes,
+)
+from .hooks import capture
+from .models import default_layer
 
 
 def guided_relu_gradient(grad: torch.Tensor) -> torch.Tensor:
@@ -25,21 +30,34 @@ def guided_relu_gradient(grad: torch.Tensor) -> torch.Tensor:
     return grad.clamp(min=0)
 
 
+@dataclass
+class GuidedRule:
+    """The switch of the guided rule: while ``on`` is False, backward passes use the ordinary ReLU rule."""
+
+    on: bool = True
+
+
 @contextmanager
-def guided_relus(model: nn.Module) -> Iterator[None]:
+def guided_relus(model: nn.Module) -> Iterator[GuidedRule]:
     """Inside the block, every ``nn.ReLU`` of ``model`` follows the guided backpropagation rule.
 
     A forward hook puts ``guided_relu_gradient`` on each ReLU's output; the ReLU's own backward then
     applies the usual mask (input > 0). Works with ``inplace=True`` ReLUs; nothing is replaced.
+    The block gets the rule's switch: ``guided_gradcam`` turns it off for an ordinary backward pass
+    (Grad-CAM) from the same forward pass as the guided one.
     """
+    rule = GuidedRule()
+
+    def guided_if_on(grad: torch.Tensor) -> torch.Tensor:
+        return guided_relu_gradient(grad) if rule.on else grad
 
     def add_rule(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         if output.requires_grad:
-            output.register_hook(guided_relu_gradient)
+            output.register_hook(guided_if_on)
 
     handles = [m.register_forward_hook(add_rule) for m in model.modules() if isinstance(m, nn.ReLU)]
     try:
-        yield
+        yield rule
     finally:
         for handle in handles:
             handle.remove()
@@ -53,6 +71,16 @@ def gradient_image(gradients: torch.Tensor) -> torch.Tensor:
     return (scaled * 0.1 + 0.5).clamp(0, 1)
 
 
+def input_gradients(scores: torch.Tensor, image: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """d y^c / d image for the K classes (N, K) of every image: (N, K, 3, H, W), one backward pass per class."""
+    y_c = scores.gather(1, targets.to(scores.device))  # (N, K)
+    k = y_c.shape[1]
+    gradients = [
+        torch.autograd.grad(y_c[:, j].sum(), image, retain_graph=j < k - 1)[0] for j in range(k)
+    ]  # the forward pass is shared; the last backward pass frees its graph
+    return torch.stack(gradients, dim=1)
+
+
 def guided_backprop(model: nn.Module, x: torch.Tensor, classes: ClassSpec = None) -> Explanation:
     """Guided Backpropagation: d y^c / d image with the guided ReLU rule, (N, K, 3, H, W)."""
     check_images(x)
@@ -61,22 +89,32 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, classes: ClassSpec = None
     image = x.detach().to(device).clone().requires_grad_(True)
     with guided_relus(model), torch.enable_grad():
         scores = model(image)
-        if targets is None:
-            targets = scores.argmax(dim=1, keepdim=True).cpu()
-        y_c = scores.gather(1, targets.to(device))  # (N, K)
-        k = y_c.shape[1]
-        gradients = [
-            torch.autograd.grad(y_c[:, j].sum(), image, retain_graph=j < k - 1)[0] for j in range(k)
-        ]  # one backward per class; the forward pass is shared
-    raw = torch.stack(gradients, dim=1).cpu()  # (N, K, 3, H, W)
-    return Explanation("guided-backprop", None, targets, y_c.detach().cpu(), raw, gradient_image(raw))
+        targets = top_classes(scores) if targets is None else targets
+        raw = input_gradients(scores, image, targets).cpu()
+    y_c = scores.detach().gather(1, targets.to(device)).cpu()
+    return Explanation("guided-backprop", None, targets, y_c, raw, gradient_image(raw))
 
 
 def guided_gradcam(
     model: nn.Module, x: torch.Tensor, classes: ClassSpec = None, layer: str | None = None
 ) -> Explanation:
-    """Guided Grad-CAM: Guided Backpropagation times the upsampled Grad-CAM map, (N, K, 3, H, W)."""
-    cam = gradcam(model, x, classes, layer)
-    guided = guided_backprop(model, x, cam.classes)
-    raw = guided.raw * cam.maps[:, :, None]
+    """Guided Grad-CAM: Guided Backpropagation times the upsampled Grad-CAM map, (N, K, 3, H, W).
+
+    Both come from one forward pass: a first backward pass, with the guided rule off, stops at
+    ``layer`` and gives Grad-CAM; then the rule is switched on for the backward passes to the image.
+    """
+    check_images(x)
+    layer = layer or default_layer(model)
+    targets = class_targets(classes, x.shape[0])
+    device = next(model.parameters()).device
+    image = x.detach().to(device).clone().requires_grad_(True)
+    with capture(model, layer, save_gradients=False) as seen, guided_relus(model) as rule, torch.enable_grad():
+        scores = model(image)
+        targets = top_classes(scores) if targets is None else targets
+        rule.on = False
+        gradients = class_gradients(scores, seen.activations, targets, retain_graph=True)  # dy^c/dA^k
+        rule.on = True
+        guided = input_gradients(scores, image, targets).cpu()  # (N, K, 3, H, W)
+    cam = cam_explanation(layer, targets, scores, seen.activations, gradients, tuple(x.shape[-2:]))
+    raw = guided * cam.maps[:, :, None]
     return Explanation("guided-gradcam", cam.layer, cam.classes, cam.scores, raw, gradient_image(raw))

@@ -45,11 +45,16 @@ class Capture:
 
 
 @contextmanager
-def capture(model: nn.Module, layer: str, *, cut_graph: bool = False, copies: int = 1) -> Iterator[Capture]:
+def capture(
+    model: nn.Module, layer: str, *, cut_graph: bool = False, copies: int = 1, save_gradients: bool = True
+) -> Iterator[Capture]:
     """Save the activations and gradients of ``model``'s module ``layer`` while the block runs.
 
     ``copies=K`` repeats each image's feature maps K times on their way up, so that K classes of
     one image can take their gradients from a single backward pass (copy j for class j).
+    ``save_gradients=False`` leaves out the gradient hook, for a caller that takes dy^c/dA^k from
+    ``torch.autograd.grad`` itself (``gradcam`` does: a hook cannot keep the K gradients of its
+    batched backward pass).
     """
     module = get_layer(model, layer)
     seen = Capture(layer)
@@ -69,7 +74,7 @@ def capture(model: nn.Module, layer: str, *, cut_graph: bool = False, copies: in
             activations = activations.detach().requires_grad_(True)
             torch.set_grad_enabled(True)  # record the graph from here up; the caller's no_grad() restores it
         seen.activations = activations
-        if activations.requires_grad:
+        if activations.requires_grad and save_gradients:
             activations.register_hook(save_gradient)
         return activations.clone()  # what flows on may be changed inplace; A^k may not
 
