@@ -99,11 +99,12 @@ def class_targets(classes: ClassSpec, n_images: int) -> torch.Tensor | None:
     """
     if classes is None:
         return None
-    if isinstance(classes, torch.Tensor):
-        classes = classes.tolist()
+    classes = classes.tolist() if hasattr(classes, "tolist") else classes  # numpy / torch -> Python
     if isinstance(classes, (int, str)):
         return torch.full((n_images, 1), resolve_class(classes), dtype=torch.long)
-    rows = list(classes)
+    if not isinstance(classes, (list, tuple)):
+        raise ClassError(f"class {classes!r} is not a class index or name")
+    rows = [r.tolist() if hasattr(r, "tolist") else r for r in classes]
     if not rows:
         raise ClassError("no class given: pass a class index or name, a list of them, or None for the top-1 class")
     if all(isinstance(r, (int, str)) for r in rows):
@@ -175,6 +176,7 @@ def cam_explanation(
     )
 
 
+@torch.inference_mode(False)  # gradients are needed, also when called under torch.inference_mode()
 def gradcam(
     model: nn.Module,
     x: torch.Tensor,

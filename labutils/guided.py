@@ -81,6 +81,7 @@ def input_gradients(scores: torch.Tensor, image: torch.Tensor, targets: torch.Te
     return torch.stack(gradients, dim=1)
 
 
+@torch.inference_mode(False)
 def guided_backprop(model: nn.Module, x: torch.Tensor, classes: ClassSpec = None) -> Explanation:
     """Guided Backpropagation: d y^c / d image with the guided ReLU rule, (N, K, 3, H, W)."""
     check_images(x)
@@ -95,6 +96,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, classes: ClassSpec = None
     return Explanation("guided-backprop", None, targets, y_c, raw, gradient_image(raw))
 
 
+@torch.inference_mode(False)
 def guided_gradcam(
     model: nn.Module, x: torch.Tensor, classes: ClassSpec = None, layer: str | None = None
 ) -> Explanation:

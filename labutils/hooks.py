@@ -79,7 +79,9 @@ def capture(
         return activations.clone()  # what flows on may be changed inplace; A^k may not
 
     handle = module.register_forward_hook(save_activations)
+    grad_mode = torch.is_grad_enabled()
     try:
         yield seen
     finally:
         handle.remove()
+        torch.set_grad_enabled(grad_mode)  # cut_graph switched autograd on: switch it back
