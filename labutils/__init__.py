@@ -11,6 +11,15 @@ Read it next to the notebooks, one module per idea:
 - ``guided``   Guided Backpropagation and Guided Grad-CAM
 - ``overlay``  jet overlays and labelled figures
 - ``summary``  the architecture tables (the seed's Tables 1 and 2)
+
+The Grad-CAM itself is in ``hooks``, ``gradcam`` and ``guided``: start there. Around it:
+
+- ``cached``   Grad-CAM from kept feature maps: only the head is recomputed (for the explorer)
+- ``explorer`` the interactive ipywidgets explorer of the results notebook
+- ``checks``   the exercise checks of notebooks 02-04
+- ``status``   the environment check of notebook 00
+- ``student``, ``grading``  the instructor's tools: student versions, grading
+- ``cli``      ``python -m labutils ...``
 """
 
 from .errors import LabError
