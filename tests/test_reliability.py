@@ -198,6 +198,7 @@ def test_soak_500_calls_some_failing_midway_leak_no_hooks_and_no_memory():
             call(i)
         gc.collect()
         before = rss_mb()
+        captures_before = live_captures()  # other tests in this process may keep some alive
         outcomes.clear()
         calls = 500
         for i in range(calls):
@@ -211,12 +212,12 @@ def test_soak_500_calls_some_failing_midway_leak_no_hooks_and_no_memory():
     print(
         f"soak: {calls} calls, {outcomes['ok']} succeeded, errors raised: "
         f"{dict((k, v) for k, v in outcomes.items() if k != 'ok')}; RSS {before:.1f} MB -> {after:.1f} MB "
-        f"({after - before:+.1f} MB); hooks after the loop: {hook_count(net)}; live Capture objects: {live_captures()}"
+        f"({after - before:+.1f} MB); hooks after the loop: {hook_count(net)}; live Capture objects: {live_captures() - captures_before:+d}"
     )
     assert sum(outcomes.values()) == calls and outcomes["ok"] >= calls // 2
     assert outcomes["Boom"] >= 50 and outcomes["RuntimeError"] >= 50 and outcomes["ClassError"] >= 30
     assert hook_count(net) == 0
-    assert live_captures() == 0
+    assert live_captures() <= captures_before, "the loop left Capture objects alive"
     assert_no_grads(net)
     assert after - before < 10, f"resident memory grew by {after - before:.1f} MB over {calls} calls"
 
