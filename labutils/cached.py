@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import LayerError
 from .gradcam import (
-    ClassSpec, Explanation, alpha_weights, cam_explanation, class_gradients, class_targets, combine, postprocess,
+    ClassSpec, Explanation, alpha_weights, cam_explanation, class_gradients, class_targets, explanation_from_alpha,
     top_classes,
 )
 from .models import feature_layers, get_layer, model_name
@@ -133,14 +133,4 @@ def explanation_from_weights(
     size: tuple[int, int] = INPUT_SIZE,
 ) -> Explanation:
     """Equation (2) and section 5.5 for known weights alpha_k^c (N, K, C) of ``classes`` (N, K): no network runs."""
-    if counterfactual:
-        alpha = -alpha
-    raw = combine(alpha, run.activations.detach()[:, None])  # (N, K, h, w)
-    return Explanation(
-        method="counterfactual" if counterfactual else "gradcam",
-        layer=run.layer,
-        classes=classes,
-        scores=run.scores.detach().gather(1, classes.to(run.scores.device)).cpu(),  # (N, K): y^c
-        raw=raw.cpu(),
-        maps=postprocess(raw, tuple(size)).cpu(),
-    )
+    return explanation_from_alpha(run.layer, classes, run.scores, run.activations, alpha, tuple(size), counterfactual)

@@ -39,7 +39,7 @@ from .cached import HeadPass, class_weights, explanation_from_weights, features_
 from .data import DEFAULT_SAMPLE, sample_images, sample_path
 from .errors import ImageError, LabError
 from .gradcam import Explanation
-from .guided import gradient_image, guided_backprop
+from .guided import guided_backprop, guided_times_cam
 from .images import LabImage, from_pil, load_image
 from .models import ARCHITECTURES, architecture, class_names, default_layer, feature_layers, get_layer, load_model
 from .overlay import METHOD_TITLES, explanation_image, title, untrained_banner
@@ -354,9 +354,7 @@ class Explorer(widgets.VBox):
             self._explanation = self._guided_backprop(c)
         else:  # Guided Grad-CAM: Guided Backpropagation times the upsampled Grad-CAM map (guided.guided_gradcam)
             cam, guided = self._gradcam(c, counterfactual=False), self._guided_backprop(c)
-            raw = guided.raw * cam.maps[:, :, None]
-            self._explanation = Explanation("guided-gradcam", cam.layer, cam.classes, cam.scores, raw,
-                                            gradient_image(raw))
+            self._explanation = guided_times_cam(guided.raw, cam)
         guided_method = method.startswith("guided")
         self.opacity.disabled = guided_method  # a gradient picture is not blended
         self.layer_choice.disabled = method == "guided-backprop"  # it has no target layer

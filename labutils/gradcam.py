@@ -163,8 +163,21 @@ def cam_explanation(
 ) -> Explanation:
     """Equations (1) and (2) and section 5.5, from A^k (N, C, h, w) and dy^c/dA^k (N, K, C, h, w)."""
     alpha = alpha_weights(gradients)  # (N, K, C)
+    return explanation_from_alpha(layer, targets, scores, activations, alpha, size, counterfactual)
+
+
+def explanation_from_alpha(
+    layer: str,
+    targets: torch.Tensor,
+    scores: torch.Tensor,
+    activations: torch.Tensor,
+    alpha: torch.Tensor,
+    size: tuple[int, int],
+    counterfactual: bool = False,
+) -> Explanation:
+    """Equation (2) and section 5.5, from A^k (N, C, h, w) and the weights alpha_k^c (N, K, C)."""
     if counterfactual:
-        alpha = -alpha
+        alpha = -alpha  # the seed's counterfactual weights
     raw = combine(alpha, activations.detach()[:, None])  # (N, K, h, w)
     return Explanation(
         method="counterfactual" if counterfactual else "gradcam",

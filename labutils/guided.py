@@ -118,5 +118,10 @@ def guided_gradcam(
         rule.on = True
         guided = input_gradients(scores, image, targets).cpu()  # (N, K, 3, H, W)
     cam = cam_explanation(layer, targets, scores, seen.activations, gradients, tuple(x.shape[-2:]))
+    return guided_times_cam(guided, cam)
+
+
+def guided_times_cam(guided: torch.Tensor, cam: Explanation) -> Explanation:
+    """Guided Grad-CAM from its two halves: guided input gradients (N, K, 3, H, W) times the Grad-CAM maps."""
     raw = guided * cam.maps[:, :, None]
     return Explanation("guided-gradcam", cam.layer, cam.classes, cam.scores, raw, gradient_image(raw))

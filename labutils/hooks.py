@@ -46,12 +46,10 @@ class Capture:
 
 @contextmanager
 def capture(
-    model: nn.Module, layer: str, *, cut_graph: bool = False, copies: int = 1, save_gradients: bool = True
+    model: nn.Module, layer: str, *, cut_graph: bool = False, save_gradients: bool = True
 ) -> Iterator[Capture]:
     """Save the activations and gradients of ``model``'s module ``layer`` while the block runs.
 
-    ``copies=K`` repeats each image's feature maps K times on their way up, so that K classes of
-    one image can take their gradients from a single backward pass (copy j for class j).
     ``save_gradients=False`` leaves out the gradient hook, for a caller that takes dy^c/dA^k from
     ``torch.autograd.grad`` itself (``gradcam`` does: a hook cannot keep the K gradients of its
     batched backward pass).
@@ -69,7 +67,7 @@ def capture(
                 f"layer {layer!r} ({type(module).__name__}) outputs {shape}, not a 4-D feature map (N, K, h, w); "
                 f"choose one of: {', '.join(feature_layers(model))}"
             )
-        activations = output if copies == 1 else output.repeat_interleave(copies, dim=0)
+        activations = output
         if cut_graph:
             activations = activations.detach().requires_grad_(True)
             torch.set_grad_enabled(True)  # record the graph from here up; the caller's no_grad() restores it

@@ -75,20 +75,6 @@ def test_cut_graph_gives_the_same_gradients_under_no_grad(alexnet, images, snaps
     assert_model_unchanged(alexnet, snapshots["alexnet"])
 
 
-def test_copies_repeat_each_image_for_several_classes(alexnet, images):
-    """copies=2: each image's feature maps go up twice; copy j of image i gets class j's gradient."""
-    classes = torch.tensor([[243, 282], [1, 2]])
-    _, g00 = split_reference(alexnet, images, "features.11", classes[:, 0])
-    _, g01 = split_reference(alexnet, images, "features.11", classes[:, 1])
-    with capture(alexnet, "features.11", cut_graph=True, copies=2) as seen, torch.no_grad():
-        scores = alexnet(images)
-        torch.autograd.grad(scores.gather(1, classes.reshape(-1, 1)).sum(), seen.activations)
-    grads = seen.gradients.reshape(2, 2, *seen.gradients.shape[1:])
-    assert_close_rel(grads[:, 0], g00, "copies: first class")
-    assert_close_rel(grads[:, 1], g01, "copies: second class")
-    assert_no_hooks(alexnet)
-
-
 def test_hooks_removed_after_an_exception_in_the_block(alexnet, images, snapshots):
     with pytest.raises(RuntimeError, match="raised inside the block"):
         with capture(alexnet, default_layer(alexnet)) as seen:
