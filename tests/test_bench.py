@@ -50,7 +50,8 @@ def test_quick_mode_runs_and_every_method_gives_the_same_map():
         if same.startswith("yes ("):
             assert float(same[5:-1]) <= 1e-5, row
         assert float(median_ms) > 0 and re.fullmatch(r"\d+\.\d\dx", ratio), row
-    assert "Explorer class switch" in out and "n/a here" in out
+    # the explorer's class switch (kept A^k and head pass) is timed in milliseconds against its 50 ms target
+    assert re.search(r"\| Explorer class switch .*\| labutils\.cached \| - \| \d+\.\d \| - \| - \| < 50 ms: (met|NOT met) \|", out)
     # memory: the no-grad forward and labutils, from fresh processes
     assert re.search(r"\| no-grad forward \| \d+ \| -?\d+\.\d \| 1\.00x", out)
     assert re.search(r"\| labutils \| \d+ \| -?\d+\.\d \| \d\.\d\dx", out)
