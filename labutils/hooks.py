@@ -67,9 +67,8 @@ def capture(
                 f"layer {layer!r} ({type(module).__name__}) outputs {shape}, not a 4-D feature map (N, K, h, w); "
                 f"choose one of: {', '.join(feature_layers(model))}"
             )
-        activations = output
+        activations = output.detach().requires_grad_(True) if cut_graph else output
         if cut_graph:
-            activations = activations.detach().requires_grad_(True)
             torch.set_grad_enabled(True)  # record the graph from here up; the caller's no_grad() restores it
         seen.activations = activations
         if activations.requires_grad and save_gradients:

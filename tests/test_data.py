@@ -168,13 +168,18 @@ def test_not_found_without_download_says_where_it_looked_and_what_to_do(repo_dat
 # --- downloading ---------------------------------------------------------------------------------
 
 
-def test_download_from_a_local_server(made_up, tmp_path):
-    folder, files = made_up
+def served_folder(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """A folder holding ``files``, for a FileServer to serve."""
     served = tmp_path / "served"
     served.mkdir()
     for name, body in files.items():
         (served / name).write_bytes(body)
-    with FileServer(served) as server:
+    return served
+
+
+def test_download_from_a_local_server(made_up, tmp_path):
+    folder, files = made_up
+    with FileServer(served_folder(tmp_path, files)) as server:
         write_manifest(folder, files, server.url)
         path = sample_path("two.jpg", progress=False)
         assert path == folder / "two.jpg" and path.read_bytes() == files["two.jpg"]
@@ -279,11 +284,7 @@ def test_fetch_from_a_folder_with_a_wrong_file_leaves_nothing(made_up, weight_ca
 
 def test_fetch_downloads_weights_and_samples(made_up, weight_calls, tmp_path):
     folder, files = made_up
-    served = tmp_path / "served"
-    served.mkdir()
-    for name, body in files.items():
-        (served / name).write_bytes(body)
-    with FileServer(served) as server:
+    with FileServer(served_folder(tmp_path, files)) as server:
         write_manifest(folder, files, server.url)
         paths = fetch(progress=False)
         assert sorted(server.requests) == ["/one.png", "/two.jpg"]
