@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -19,24 +18,12 @@ ARCHS = ["alexnet", "vgg16"]
 MB = 1024**2
 
 
-def _seed_tables_path() -> Path:
-    """shared/ sits next to the repository (<somewhere>/<clone> and <somewhere>/shared), or $LABUTILS_SHARED."""
-    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_tables.json"
-    if beside_repo.exists():
-        return beside_repo
-    shared = os.environ.get("LABUTILS_SHARED")
-    if shared:
-        path = Path(shared)
-        return path if path.suffix == ".json" else path / "reference" / "seed_tables.json"
-    pytest.fail(f"seed tables not found at {beside_repo}; set LABUTILS_SHARED to the shared/ folder")
+SEED_TABLES = Path(__file__).resolve().parent / "data" / "seed_tables.json"  # the seed's Tables 1 and 2, as facts
 
 
 @pytest.fixture(scope="module")
 def seed() -> dict:
-    path = _seed_tables_path()
-    if not path.exists():
-        pytest.fail(f"seed tables not found: {path}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(SEED_TABLES.read_text(encoding="utf-8"))
 
 
 def _as_dicts(rows: list[summary.SummaryRow]) -> list[dict]:
