@@ -28,7 +28,7 @@ from torch import nn
 from .errors import LayerError
 from .gradcam import (
     ClassSpec, Explanation, alpha_weights, cam_explanation, class_gradients, class_targets, explanation_from_alpha,
-    top_classes,
+    model_input, top_classes,
 )
 from .models import feature_layers, get_layer, model_name
 
@@ -66,9 +66,8 @@ def head(model: nn.Module, layer: str) -> nn.Sequential:
 
 def features_at(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     """The feature maps A^k of ``layer`` for the images ``x``: (N, C, h, w), computed without autograd."""
-    device = next(model.parameters()).device
     with torch.no_grad():
-        return below(model, layer)(x.to(device))
+        return below(model, layer)(model_input(model, x))
 
 
 @dataclass

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ClassError, ImageError
+from .errors import ClassError, ImageError, ModelError
 from .hooks import capture
-from .models import default_layer, resolve_class
+from .models import default_layer, min_input_size, resolve_class
 
 ClassSpec = Union[int, str, Sequence[Union[int, str]], Sequence[Sequence[Union[int, str]]], torch.Tensor, None]
 
@@ -81,14 +81,43 @@ def postprocess(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def check_images(x: torch.Tensor) -> None:
-    """Refuse anything that is not a batch of RGB images (N, 3, H, W)."""
+    """Refuse anything that is not a batch of RGB images (N, 3, H, W) with real, finite values."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ImageError(f"expected a float batch of RGB images (N, 3, H, W), got {shape}: use labutils.load_image")
+        dtype = f" {x.dtype}".replace("torch.", "") if isinstance(x, torch.Tensor) else ""
+        raise ImageError(f"expected a float batch of RGB images (N, 3, H, W), got {shape}{dtype}: "
+                         "use labutils.load_image")
     if x.shape[0] == 0:
         raise ImageError("the batch of images is empty")
+    if x.is_meta:
+        raise ImageError("the images are on the meta device: they have a shape but no values; "
+                         "make them with labutils.load_image")
     if not torch.isfinite(x).all():
         raise ImageError("the images hold NaN or infinite values: check how the tensor was made")
+
+
+def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` checked against ``model`` and moved to the model's device and dtype (float16 images for a
+    float32 model are converted, and the other way round).
+
+    Refuses what is not a batch of finite RGB float images, and images smaller than the model's
+    minimum input size (``min_input_size``: 63x63 for AlexNet, 32x32 for VGG-16). A model without
+    parameters is placed by its buffers, or else on the CPU.
+    """
+    check_images(x)
+    tensors = [*model.parameters(), *model.buffers()]
+    where = next((t for t in tensors if t.is_floating_point()), tensors[0] if tensors else None)
+    if where is not None and where.is_meta:
+        raise ModelError("the model's weights are on the meta device: they have shapes but no values; "
+                         "load weights into it (labutils.load_model, or model.to_empty() then load_state_dict)")
+    side = min_input_size(model)
+    if side is not None and min(x.shape[-2:]) < side:
+        height, width = x.shape[-2:]
+        raise ImageError(f"the images are {height}x{width} pixels, smaller than the {side}x{side} this model needs: "
+                         "make them with labutils.load_image (224x224)")
+    device = where.device if where is not None else torch.device("cpu")
+    dtype = where.dtype if where is not None and where.is_floating_point() else torch.float32
+    return x.to(device=device, dtype=dtype)
 
 
 def class_targets(classes: ClassSpec, n_images: int) -> torch.Tensor | None:
@@ -117,6 +146,11 @@ def class_targets(classes: ClassSpec, n_images: int) -> torch.Tensor | None:
                 f"got {len(rows)} classes for a batch of {n_images} images: give one class for all, one per image, "
                 f"or a list of {n_images} lists (K classes for every image)"
             )
+    if not all(isinstance(r, (list, tuple)) for r in rows):
+        raise ClassError(
+            f"classes {classes!r} mix single classes and lists: give one class for all images, one class per "
+            f"image, or a list of {n_images} lists (K classes for every image)"
+        )
     if len(rows) != n_images or len({len(r) for r in rows}) != 1 or not rows[0]:
         raise ClassError(f"classes must be {n_images} lists of the same non-zero length, one list per image")
     return torch.tensor([[resolve_class(c) for c in r] for r in rows], dtype=torch.long)
@@ -206,9 +240,9 @@ def gradcam(
     check_images(x)
     layer = layer or default_layer(model)
     targets = class_targets(classes, x.shape[0])
-    device = next(model.parameters()).device
+    x = model_input(model, x)  # on the model's device, in its dtype, checked against its input size
     with capture(model, layer, cut_graph=True, save_gradients=False) as seen, torch.no_grad():
-        scores = model(x.to(device))  # (N, 1000); autograd records only the layers above `layer`
+        scores = model(x)  # (N, 1000); autograd records only the layers above `layer`
         targets = top_classes(scores) if targets is None else targets
         gradients = class_gradients(scores, seen.activations, targets)
     return cam_explanation(layer, targets, scores, seen.activations, gradients, tuple(x.shape[-2:]), counterfactual)

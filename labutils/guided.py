@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .gradcam import (
-    ClassSpec, Explanation, cam_explanation, check_images, class_gradients, class_targets, top_classes,
+    ClassSpec, Explanation, cam_explanation, check_images, class_gradients, class_targets, model_input, top_classes,
 )
 from .hooks import capture
 from .models import default_layer
@@ -86,8 +86,8 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, classes: ClassSpec = None
     """Guided Backpropagation: d y^c / d image with the guided ReLU rule, (N, K, 3, H, W)."""
     check_images(x)
     targets = class_targets(classes, x.shape[0])
-    device = next(model.parameters()).device
-    image = x.detach().to(device).clone().requires_grad_(True)
+    image = model_input(model, x).detach().clone().requires_grad_(True)
+    device = image.device
     with guided_relus(model), torch.enable_grad():
         scores = model(image)
         targets = top_classes(scores) if targets is None else targets
@@ -108,8 +108,8 @@ def guided_gradcam(
     check_images(x)
     layer = layer or default_layer(model)
     targets = class_targets(classes, x.shape[0])
-    device = next(model.parameters()).device
-    image = x.detach().to(device).clone().requires_grad_(True)
+    image = model_input(model, x).detach().clone().requires_grad_(True)
+    device = image.device
     with capture(model, layer, save_gradients=False) as seen, guided_relus(model) as rule, torch.enable_grad():
         scores = model(image)
         targets = top_classes(scores) if targets is None else targets

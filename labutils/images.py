@@ -28,7 +28,9 @@ below that, PIL's decompression-bomb limit is lifted for the duration of the cal
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,6 +57,8 @@ MAX_PIXELS = 20000 * 20000  # larger images are refused (a decompression bomb or
 
 _WHITE = (255, 255, 255, 255)
 _ORIENTATION = 0x0112  # the EXIF tag saying how the camera was held
+_BITS_PER_SAMPLE = 258  # the TIFF tag giving the bits of each pixel value
+_BAND_PIXELS = 1 << 24  # pixels converted at a time in a large palette or 1-bit picture
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,14 +84,20 @@ class LabImage:
 
 def load_image(path: str | os.PathLike, size: int = INPUT_SIZE) -> LabImage:
     """Open an image file and make the model input from it (see the module docstring)."""
+    if not isinstance(path, (str, os.PathLike)):
+        hint = ": for a picture in memory use from_pil(picture)" if isinstance(path, Image.Image) else ""
+        raise ImageError(f"load_image expects the path of an image file (str or Path), got {type(path).__name__}{hint}")
+    _check_size_argument(size)
     path = Path(path).expanduser()
     _check_file(path)
     with _pixel_limit(), _open(path) as img:
         _check_size(img, path)
-        orientation = img.getexif().get(_ORIENTATION, 1)
+        _check_bit_depth(img, path)
         img.draft(None, (ORIGINAL_MAX_SIDE, ORIGINAL_MAX_SIDE))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale
         try:
             img.load()  # decode everything now, so a truncated file fails here
+            # read after loading: Pillow 13 turns TIFFs upright while loading (and drops the tag), older ones do not
+            orientation = img.getexif().get(_ORIENTATION, 1)
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(
                 f"{path} is truncated or corrupt ({exc}): the download or copy probably stopped early; "
@@ -102,6 +112,10 @@ def load_image(path: str | os.PathLike, size: int = INPUT_SIZE) -> LabImage:
 
 def from_pil(image: Image.Image, name: str = "image", size: int = INPUT_SIZE) -> LabImage:
     """Make a ``LabImage`` from a picture already in memory (e.g. an upload in a notebook)."""
+    if not isinstance(image, Image.Image):
+        hint = " (wrap an array with PIL.Image.fromarray(array) first)" if isinstance(image, np.ndarray) else ""
+        raise ImageError(f"from_pil expects a PIL image, got {type(image).__name__}{hint}; for a file use load_image")
+    _check_size_argument(size)
     _check_size(image, name)
     original = _as_rgb_original(image, name)
     if original is image:
@@ -158,16 +172,46 @@ def stack(images: Sequence[LabImage]) -> torch.Tensor:
 # --- the steps -------------------------------------------------------------------
 
 
+def _check_size_argument(size: object) -> None:
+    """Refuse an input size that is not a whole number of pixels of at least MIN_SIDE."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIDE:
+        raise ImageError(f"size must be a whole number of pixels, at least {MIN_SIDE}, got {size!r}; "
+                         f"the models were trained on {INPUT_SIZE}x{INPUT_SIZE} (the default)")
+
+
 def _check_file(path: Path) -> None:
-    """Raise a clear error for a path that is not a readable, non-empty file."""
-    if not path.exists():
-        raise ImageNotFoundError(
+    """Raise a clear error for a path that is not a readable, non-empty regular file."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise _unusable_path(path, exc) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{path} is a folder, not an image file; give the path of an image inside it")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"{path} is not a regular file (a FIFO, socket or device): give the path of an image file")
+    if info.st_size == 0:
+        raise ImageError(f"{path} is empty (0 bytes): the download or copy probably failed; get the file again")
+    if not os.access(path, os.R_OK):
+        raise ImageError(f"{path} cannot be read: permission denied; change its permissions (chmod +r) or copy it")
+
+
+def _unusable_path(path: Path, exc: OSError) -> ImageError:
+    """One clear ImageError for each way ``stat`` fails on an image path."""
+    if exc.errno == errno.ELOOP:
+        return ImageError(f"{path} is a loop of symbolic links (one points back to another); fix or remove the links")
+    if exc.errno == errno.ENAMETOOLONG:
+        longest = max(len(part.encode()) for part in path.parts)
+        return ImageError(f"the path {str(path)[:60]}... is too long ({len(str(path))} characters, longest name "
+                          f"{longest} bytes; names may have at most 255): rename or move the file")
+    if exc.errno == errno.EACCES:
+        return ImageError(f"{path} cannot be reached: permission denied on a folder of its path")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        if path.is_symlink():
+            return ImageNotFoundError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist")
+        return ImageNotFoundError(
             f"Image file not found: {path} (relative paths start in {Path.cwd()}); check the name and folder"
         )
-    if path.is_dir():
-        raise ImageError(f"{path} is a folder, not an image file; give the path of an image inside it")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path} is empty (0 bytes): the download or copy probably failed; get the file again")
+    return ImageError(f"Cannot read {path}: {exc.strerror or exc}")
 
 
 @contextmanager
@@ -196,6 +240,8 @@ def _open(path: Path) -> Image.Image:
         ) from exc
     except Image.DecompressionBombError as exc:
         raise _too_large(path, exc) from exc
+    except PermissionError as exc:
+        raise ImageError(f"{path} cannot be read: permission denied; change its permissions (chmod +r) or copy it") from exc
     except OSError as exc:
         raise ImageError(f"Cannot read {path}: {exc}") from exc
 
@@ -220,20 +266,62 @@ def _check_size(img: Image.Image, where: object) -> None:
         )
 
 
+def _check_bit_depth(img: Image.Image, where: object) -> None:
+    """Refuse 32-bit integer pixels (a TIFF can hold them): their brightness scale is unknown."""
+    bits = getattr(img, "tag_v2", {}).get(_BITS_PER_SAMPLE, (8,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    if img.mode.startswith("I") and max(bits) > 16:
+        raise ImageError(
+            f"{where} holds {max(bits)}-bit integer pixels, whose brightness scale is unknown; "
+            "save it as an 8-bit (or 16-bit) PNG or JPEG"
+        )
+
+
 def _as_rgb_original(img: Image.Image, where: object) -> Image.Image:
     """The RGB picture kept as ``LabImage.original``: converted, at most ORIGINAL_MAX_SIDE pixels."""
-    if img.mode not in ("P", "PA", "1") and "transparency" not in img.info:
-        img = _shrink(img)  # fewer pixels to convert; palette indices and colour keys must not be blended
-    return _shrink(_to_rgb(img, where))
+    if img.mode.startswith("I"):
+        low, high = img.getextrema()
+        if low < 0 or high > 65535:
+            raise ImageError(
+                f"{where} holds integer pixels from {low} to {high}, beyond 16 bits (0..65535), so their "
+                "brightness scale is unknown; save it as an 8-bit (or 16-bit) PNG or JPEG"
+            )
+    if img.mode in ("P", "PA", "1") or "transparency" in img.info:
+        # palette indices and colour keys must not be blended: convert first, band by band
+        return _shrink(_to_rgb_in_bands(img, where))
+    return _shrink(_to_rgb(_shrink(img), where))  # fewer pixels to convert
+
+
+def _to_rgb_in_bands(img: Image.Image, where: object) -> Image.Image:
+    """``_to_rgb(img).reduce(f)`` for a large picture, converted a band of rows at a time.
+
+    A 20000 x 20000 palette image would need 1.6 GB as one RGBA picture; a band needs 64 MB. The
+    factor f keeps at least 2 * ORIGINAL_MAX_SIDE pixels on the longest side for ``_shrink``; bands
+    are f rows high (a multiple), so the box averages are those of the whole picture.
+    """
+    width, height = img.size
+    factor = max(1, max(width, height) // (2 * ORIGINAL_MAX_SIDE))
+    if factor == 1:
+        return _to_rgb(img, where)
+    rows = factor * max(1, _BAND_PIXELS // (width * factor))
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        band = _to_rgb(img.crop((0, top, width, min(height, top + rows))), where)
+        out.paste(band.reduce(factor), (0, top // factor))
+    return out
 
 
 def _shrink(img: Image.Image) -> Image.Image:
-    """The picture reduced to ORIGINAL_MAX_SIDE pixels on its longest side (unchanged if smaller)."""
+    """The picture reduced to ORIGINAL_MAX_SIDE pixels on its longest side (unchanged if smaller).
+
+    The short side keeps at least MIN_SIDE pixels (or all it has): a 20 x 20000 strip becomes
+    8 x 1024, not a 1 x 1024 line whose colours are averaged together.
+    """
     width, height = img.size
     scale = ORIGINAL_MAX_SIDE / max(width, height)
     if scale >= 1:
         return img
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    new_size = tuple(max(round(side * scale), min(side, MIN_SIDE)) for side in (width, height))
     return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -118,27 +119,51 @@ def class_names() -> list[str]:
     return list(torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+_INDEX = re.compile(r"-?[0-9]+")  # a class index: plain ASCII decimal digits (the minus sign: out of range)
+
+
 def resolve_class(c: int | str) -> int:
-    """A class index from an index (``243``, ``"243"``) or a name (``"bull mastiff"``, any case)."""
+    """A class index from an index (``243``, ``"243"``) or a name (``"bull mastiff"``, any case).
+
+    Only plain ASCII decimal digits are read as an index: ``"+3"``, ``"0x10"``, ``"1e2"``, ``" 7"`` or
+    ``"²"`` are refused rather than guessed. A name is matched exactly first (``"Cardigan"`` is the corgi,
+    264; ``"cardigan"`` the sweater, 474), then ignoring case; a name that still matches several
+    classes is refused with the candidates.
+    """
     names = class_names()
     if isinstance(c, bool):
         raise ClassError(f"class {c!r} is not a class index or name")
-    if isinstance(c, str) and c.strip().lstrip("-").isdigit():
-        c = int(c.strip())
-    if isinstance(c, int) or (isinstance(c, torch.Tensor) and c.numel() == 1):
+    if isinstance(c, str) and _INDEX.fullmatch(c):
+        c = int(c)
+    if isinstance(c, int) or (isinstance(c, torch.Tensor) and c.numel() == 1 and not c.is_floating_point()):
         index = int(c)
         if not 0 <= index < len(names):
             raise ClassError(f"class index {index} is out of range: ImageNet classes are 0..{len(names) - 1}")
         return index
     if isinstance(c, str):
-        lowered = [n.lower() for n in names]
-        key = c.strip().lower()
-        if key in lowered:
-            return lowered.index(key)
-        close = difflib.get_close_matches(key, lowered, n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(repr(names[lowered.index(m)]) for m in close)}?" if close else ""
-        raise ClassError(f"no ImageNet class is named {c!r}{hint} (give a name or an index 0..{len(names) - 1})")
-    raise ClassError(f"class {c!r} is not a class index or name")
+        return _class_by_name(c, names)
+    raise ClassError(f"class {c!r} is not a class index or name (give a name or an index 0..{len(names) - 1})")
+
+
+def _class_by_name(name: str, names: list[str]) -> int:
+    """The index of the class called ``name``: exact match first, then the only match ignoring case."""
+    key = " ".join(name.split())  # surrounding and repeated spaces do not count in a name
+    if key in names:
+        return names.index(key)
+    matches = [i for i, n in enumerate(names) if n.casefold() == key.casefold()]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        candidates = ", ".join(f"{i} {names[i]!r}" for i in matches)
+        raise ClassError(f"class name {name!r} matches several ImageNet classes ({candidates}): "
+                         "give the index, or the name with its exact capitals")
+    if any(ch.isdigit() or ch in "+-." for ch in name) and not any(ch.isalpha() and ch not in "eExX" for ch in name):
+        raise ClassError(f"class {name!r} is not a class index: write an index as plain decimal digits "
+                         f"0..{len(names) - 1} (no sign, spaces, exponent, hex or other digit characters)")
+    lowered = [n.casefold() for n in names]
+    close = difflib.get_close_matches(key.casefold(), lowered, n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(names[lowered.index(m)]) for m in close)}?" if close else ""
+    raise ClassError(f"no ImageNet class is named {name!r}{hint} (give a name or an index 0..{len(names) - 1})")
 
 
 def class_label(index: int) -> str:
@@ -177,3 +202,71 @@ def predict(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[list[tuple[in
     return [
         [(int(i), names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values, top.indices)
     ]
+
+
+# ---------------------------------------------------------------- input size
+
+_SAME_SIZE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Identity,
+    nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d,
+)
+_NO_MORE_MAPS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Linear)
+
+
+def min_input_size(model: nn.Module) -> int | None:
+    """The smallest side (pixels) of a square input the model's feature maps accept, or None if unknown.
+
+    Computed from the layers, not hard-coded: the sizes are followed through ``model.features`` (or the
+    model itself, if it is an ``nn.Sequential``) with each conv's and pooling's size formula; every
+    feature map must keep at least 1x1 pixels. AlexNet gives 63, VGG-16 32. None for any other layout.
+    """
+    layers = getattr(model, "features", model)
+    if not isinstance(layers, nn.Sequential):
+        return None
+    for side in range(1, 4097):
+        fits = _map_sizes_fit(layers, side)
+        if fits is None:
+            return None
+        if fits:
+            return side
+    return None
+
+
+def _map_sizes_fit(layers: nn.Sequential, side: int) -> bool | None:
+    """Does a side x side input keep every feature map of ``layers`` at least 1x1? None: a layer we cannot follow."""
+    sizes = [side, side]
+    for m in _flat(layers):
+        if isinstance(m, _NO_MORE_MAPS):
+            break
+        if isinstance(m, _SAME_SIZE):
+            continue
+        if not isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            return None
+        for d in range(2):
+            sizes[d] = _out_size(m, sizes[d], d)
+        if min(sizes) < 1:
+            return False
+    return True
+
+
+def _flat(layers: nn.Module) -> list[nn.Module]:
+    """The leaf modules of nested ``nn.Sequential`` containers, in order."""
+    return [leaf for m in layers for leaf in (_flat(m) if isinstance(m, nn.Sequential) else [m])]
+
+
+def _out_size(m: nn.Module, size: int, d: int) -> int:
+    """The output length along dimension ``d`` of a conv or pooling layer, torch's formula."""
+    pair = lambda v: v if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    kernel, stride = pair(m.kernel_size)[d], pair(m.stride or m.kernel_size)[d]
+    dilation = pair(getattr(m, "dilation", 1))[d]
+    padding = m.padding
+    if padding == "same":
+        return size
+    padding = 0 if padding == "valid" else pair(padding)[d]
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if span < 0:
+        return 0
+    if not getattr(m, "ceil_mode", False):
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out

@@ -370,3 +370,85 @@ def test_from_pil_converts_in_memory_pictures():
     with pytest.raises(ImageError, match="upload is only 2x2 pixels"):
         from_pil(Image.new("RGB", (2, 2)), name="upload")
 
+
+
+# --- issue 13: orientation of every format, large palette pictures, thin strips ----------------
+
+ORIENTED = {  # EXIF orientation -> what a viewer does to the stored pixels (numpy, on H x W x 3)
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def corner_picture() -> np.ndarray:
+    """40 x 60 pixels, four flat quadrants of different colours: any flip or rotation shows."""
+    a = np.zeros((40, 60, 3), np.uint8)
+    a[:20, :30], a[:20, 30:], a[20:, :30], a[20:, 30:] = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)
+    return a
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "PNG", "WEBP", "JPEG"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_of_every_format_is_applied_once(tmp_path, fmt, orientation):
+    """Pillow 13 already turns a TIFF upright while loading it; the others are turned by load_image."""
+    a = corner_picture()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"pic.{fmt.lower()}"
+    options = {"tiffinfo": {0x0112: orientation}} if fmt == "TIFF" else {"exif": exif.tobytes()}
+    Image.fromarray(a).save(path, format=fmt, **{"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {}), **options)
+    expected = ORIENTED.get(orientation, lambda a: a)(a).astype(int)
+    got = np.asarray(load_image(path).original).astype(int)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 40, f"orientation {orientation} of a {fmt} not applied exactly once"
+
+
+def test_truncated_png_is_an_image_error_naming_the_file(tmp_path):
+    noise = np.random.default_rng(1).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    whole = save(Image.fromarray(noise), tmp_path / "whole.png").read_bytes()
+    path = tmp_path / "cut.png"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ImageError, match="cut.png is truncated or corrupt"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("mode", ["P", "1", "PA"])
+def test_large_palette_and_1_bit_pictures_are_converted_band_by_band(mode, monkeypatch):
+    """The band-by-band conversion equals converting the whole picture and box-reducing it, and never
+    converts more than one band at a time (a 20000 x 20000 palette PNG: 1.2 GB peak instead of 5.8 GB)."""
+    from labutils import images
+
+    rng = np.random.default_rng(2)
+    width, height = 5000, 2300
+    if mode == "1":
+        img = Image.fromarray(rng.integers(0, 2, (height, width), dtype=np.uint8) * 255).convert("1")
+    else:
+        img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).quantize(64)
+        if mode == "PA":
+            img = img.convert("PA")
+    factor = max(width, height) // (2 * images.ORIGINAL_MAX_SIDE)
+    assert factor == 2
+    expected = np.asarray(images._to_rgb(img, "x").reduce(factor))
+    monkeypatch.setattr(images, "_BAND_PIXELS", 1 << 20)  # many bands, one of them partial
+    converted = []
+    real_to_rgb = images._to_rgb
+    monkeypatch.setattr(images, "_to_rgb", lambda im, where: converted.append(im.size) or real_to_rgb(im, where))
+    got = np.asarray(images._to_rgb_in_bands(img, "x"))
+    assert np.array_equal(got, expected)
+    assert len(converted) > 10 and max(w * h for w, h in converted) <= (1 << 20) + width * factor
+
+
+def test_thin_strip_keeps_its_colours(tmp_path):
+    """20 x 20000, left half red, right half blue: the kept picture is 8 x 1024, the input red | blue."""
+    strip = np.zeros((20000, 20, 3), np.uint8)
+    strip[:, :10], strip[:, 10:] = (255, 0, 0), (0, 0, 255)
+    lab = load_image(save(Image.fromarray(strip), tmp_path / "strip.png"))
+    assert lab.original.size == (8, 1024)
+    assert lab.tensor.shape == (1, 3, 224, 224)
+    assert torch.allclose(pixel(lab, 100, 0), normalized((255, 0, 0)), atol=HALF_LEVEL)
+    assert torch.allclose(pixel(lab, 100, 223), normalized((0, 0, 255)), atol=HALF_LEVEL)

@@ -62,9 +62,8 @@ BAD_TENSORS = {
     "integer pixels": (lambda x: (x * 50).to(torch.uint8), ImageError, "float batch"),
     "empty batch": (lambda x: x[:0], ImageError, "empty"),
     "numpy array": (lambda x: x.numpy(), ImageError, "got ndarray"),
-    # torch's own errors for now (labutils could refuse these with an ImageError too)
-    "16x16 pixels": (lambda x: x[..., :16, :16], (RuntimeError, ImageError), None),
-    "float64": (lambda x: x.double(), (RuntimeError, ImageError), None),
+    "16x16 pixels": (lambda x: x[..., :16, :16], ImageError, "16x16 pixels, smaller than the 63x63"),
+    "meta tensor": (lambda x: x.to("meta"), ImageError, "meta device"),
 }
 
 
