@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -85,12 +86,23 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"Weights file {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(9)
+    except PermissionError as exc:
+        raise WeightsError(f"{path} cannot be read: permission denied; change its permissions (chmod +r) "
+                           "or copy it somewhere you can read it") from exc
+    if _is_safetensors(start, path.stat().st_size):
+        raise WeightsError(f"{path} holds safetensors data, not a PyTorch .pth file; convert it with "
+                           "torch.save(safetensors.torch.load_file(path), 'weights.pth') and give that file")
     expected = _name_hash(path.name)
     if expected is not None and not sha256_of(path).startswith(expected):
         raise WeightsError(f"{path} does not match the checksum in its name ({expected}): it is damaged or "
                            "not the file it claims to be; delete it and run `python -m labutils fetch`")
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # sparse tensors are refused below, in one line
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise WeightsError(f"{path} is not a plain state_dict (it holds Python objects that could run code) "
                            "and was not loaded; use a weight file from a source you trust") from exc
@@ -100,7 +112,21 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not (isinstance(state_dict, dict)
             and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items())):
         raise WeightsError(f"{path} is not a state_dict (a dict of parameter names to tensors) and was not loaded")
+    check_values(state_dict, path)
     return state_dict
+
+
+def check_values(state_dict: dict[str, torch.Tensor], source: object) -> None:
+    """Refuse sparse tensors and weights that are NaN or infinite: the model could only output NaN."""
+    sparse = [k for k, v in state_dict.items() if v.layout != torch.strided]
+    if sparse:
+        raise WeightsError(f"{source} holds sparse tensors ({', '.join(sparse[:3])}{', ...' if len(sparse) > 3 else ''}); "
+                           "save the dense ones instead: {k: v.to_dense() for k, v in state_dict.items()}")
+    broken = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise WeightsError(f"the weights in {source} are not finite (NaN or infinite values in "
+                           f"{', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): the training that "
+                           "saved them diverged, or the file is damaged; use other weights")
 
 
 def load_weights_into(model: torch.nn.Module, state_dict: dict, arch: str) -> None:
@@ -134,6 +160,11 @@ def pretrained_state_dict(arch: str, *, progress: bool = True) -> dict[str, torc
                 f'or run untrained on purpose with LABUTILS_WEIGHTS=random (weights="random")'
             ) from exc
     return read_state_dict(path)
+
+
+def _is_safetensors(start: bytes, size: int) -> bool:
+    """A safetensors file starts with the length of its JSON header (8 bytes, little-endian), then ``{``."""
+    return len(start) == 9 and start[8:9] == b"{" and 0 < int.from_bytes(start[:8], "little") < size
 
 
 def _files(arch: str) -> tuple[str, ...]:

@@ -259,3 +259,54 @@ def test_wrong_shape_loads_nothing():
     with pytest.raises(WeightsError, match=r"classifier.6.weight \(10, 4096\) instead of \(1000, 4096\)"):
         load_weights_into(model, sd, "alexnet")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not even features.0
+
+
+# ---------------------------------------------------------------- issue 13: values and formats
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """The safetensors format written by hand: 8-byte header length, JSON header, raw little-endian data."""
+    import json
+
+    header, data = {}, b""
+    for name, t in tensors.items():
+        raw = t.contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"w": torch.tensor([1.0, float("nan")])}, ["not finite", "w"]),
+        ({"w": torch.ones(2), "b": torch.tensor([float("inf")])}, ["not finite", "b"]),
+        ({"w": torch.eye(3).to_sparse()}, ["sparse tensors (w)", "to_dense()"]),
+    ],
+    ids=["nan", "inf", "sparse"],
+)
+def test_read_state_dict_refuses_values_that_cannot_work(tmp_path, values, words):
+    torch.save(values, tmp_path / "w.pth")
+    with pytest.raises(WeightsError) as info:
+        weights.read_state_dict(tmp_path / "w.pth")
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_safetensors_bytes_in_a_pth_file_are_named_as_such(tmp_path):
+    (tmp_path / "model.pth").write_bytes(safetensors_bytes({"w": torch.ones(4)}))
+    with pytest.raises(WeightsError, match="model.pth holds safetensors data, not a PyTorch .pth file"):
+        weights.read_state_dict(tmp_path / "model.pth")
+
+
+def test_an_unreadable_weights_file_is_a_permission_error(tmp_path, monkeypatch):
+    """chmod 000 does not stop root (the CI runs as root): the refusal of the operating system is simulated."""
+    torch.save({"w": torch.ones(2)}, tmp_path / "w.pth")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(weights, "open", refuse, raising=False)
+    with pytest.raises(WeightsError, match="w.pth cannot be read: permission denied") as info:
+        weights.read_state_dict(tmp_path / "w.pth")
+    assert "fetch it again" not in str(info.value)
