@@ -7,12 +7,16 @@
     python -m labutils explain cat_dog.jpg --model vgg16 --class 243 --class "tiger cat" --out out/ --npz
     python -m labutils explain photos/ --model vgg16 --out out/          # a whole folder, batched
 
-Bad input gives one line on stderr and a non-zero exit status, never a traceback.
+Bad input gives one line on stderr and a non-zero exit status, never a traceback. ``explain`` reads
+the images a batch at a time; an image that cannot be used does not stop the others, the failures are
+listed at the end. Exit status: 0 when every image was explained, 1 when some were and others failed,
+2 when nothing was done (bad input, weights, class or layer, or no image usable).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import tempfile
@@ -24,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import ImageError, LabError
-from .gradcam import Explanation, class_targets, gradcam
+from .gradcam import Explanation, class_targets, gradcam, model_input
 from .guided import guided_backprop, guided_gradcam
 from .images import LabImage, load_image
 from .models import ARCHITECTURES, class_label, get_layer, load_model, predict
@@ -52,13 +56,35 @@ def image_paths(items: Sequence[str]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             if not found:
                 raise ImageError(f"{path} is a folder with no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
             paths += found
         else:
             paths.append(path)
     return paths
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an --out that cannot become a folder of results, before any work (nothing is created yet)."""
+    try:
+        out.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LabError(f"--out {out} is a loop of symbolic links; give a folder for the results") from None
+        if out.is_symlink():
+            raise LabError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
+                           "remove the link or give another folder") from None
+    if out.exists() and not out.is_dir():
+        raise LabError(f"--out {out} is a file; give a folder for the results (it is created if needed)")
+    existing = out.absolute()
+    while not existing.exists():  # the folder is made at the first result: its nearest existing parent must allow it
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LabError(f"--out {out} cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == out.absolute() else f" ({existing}, where it would be made)"
+        raise LabError(f"--out {out}: the folder{what} is not writable (permission denied); give another folder")
 
 
 def check_output_names(paths: Sequence[Path]) -> None:
@@ -99,35 +125,63 @@ def write_outputs(args: argparse.Namespace, model: torch.nn.Module, image: LabIm
         save_atomically(target, lambda tmp: np.savez(tmp, **arrays))  # tmp ends in .npz: numpy keeps the name
 
 
-def explain(args: argparse.Namespace) -> None:
-    """Top-5 predictions and maps for every image, in batches."""
-    if args.batch_size < 1:
-        raise LabError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise LabError(f"--out {args.out} is a file; give a folder for the results (it is created if needed)")
-    paths = image_paths(args.images)
-    check_output_names(paths)
-    images = [load_image(p) for p in paths]  # every input checked before any work
-    classes = class_targets(args.classes, 1)[0].tolist() if args.classes else None
+def prepare_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The model with its weights and layer checked, on the GPU when there is one; the output folder made."""
     model = load_model(args.model, args.weights, progress=True)
-    if args.layer:
+    if args.layer is not None:
         get_layer(model, args.layer)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     banner = untrained_banner(model)
     if banner:
-        print(banner)
-    batches = range(0, len(images), args.batch_size)
-    for start in tqdm(batches, desc="explaining", unit="batch", disable=len(batches) < 2):
-        batch = images[start : start + args.batch_size]
-        x = torch.cat([im.tensor for im in batch]).to(device)
-        per_image = None if classes is None else [classes] * len(batch)
-        exp = METHODS[args.method](model, x, per_image, args.layer)
-        for n, (image, top5) in enumerate(zip(batch, predict(model, x, 5))):
-            print(f"{image.path}: " + "; ".join(f"{class_label(i)} {p:.3f}" for i, _, p in top5))
-            write_outputs(args, model, image, exp, n)
-    print(f"wrote {METHOD_TITLES[args.method]} results for {len(images)} image(s) to {args.out}")
+        tqdm.write(banner)
+    return model
+
+
+def explain(args: argparse.Namespace) -> int:
+    """Top-5 predictions and maps for every image, in batches, a batch of images in memory at a time.
+
+    An image that cannot be used does not stop the others: the failures are listed at the end. Exit
+    status: 0 when every image was explained, 1 when some were and others failed, 2 when none was.
+    """
+    if args.batch_size < 1:
+        raise LabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.layer == "":
+        raise LabError("--layer is empty; give a layer name such as features.29, or leave --layer out")
+    check_output_folder(Path(args.out))
+    paths = image_paths(args.images)
+    check_output_names(paths)
+    classes = class_targets(args.classes, 1)[0].tolist() if args.classes else None
+    model, failures, explained = None, [], 0
+    with tqdm(total=len(paths), desc="explaining", unit="image", disable=True if len(paths) < 2 else None) as bar:
+        for start in range(0, len(paths), args.batch_size):
+            batch = []
+            for path in paths[start : start + args.batch_size]:
+                try:
+                    batch.append(load_image(path))
+                except LabError as error:
+                    failures.append(" ".join(str(error).split()))
+                    bar.update(1)
+            if not batch:
+                continue
+            model = model or prepare_model(args)
+            x = model_input(model, torch.cat([im.tensor for im in batch]))
+            per_image = None if classes is None else [classes] * len(batch)
+            exp = METHODS[args.method](model, x, per_image, args.layer)
+            for n, (image, top5) in enumerate(zip(batch, predict(model, x, 5))):
+                tqdm.write(f"{image.path}: " + "; ".join(f"{class_label(i)} {p:.3f}" for i, _, p in top5))
+                write_outputs(args, model, image, exp, n)
+            explained += len(batch)
+            bar.update(len(batch))
+    if explained:
+        print(f"wrote {METHOD_TITLES[args.method]} results for {explained} image(s) to {args.out}")
+    if len(failures) == 1 and not explained:
+        raise LabError(failures[0])
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    if failures:
+        print(f"error: {len(failures)} of {len(paths)} images could not be explained (listed above)", file=sys.stderr)
+    return 0 if not failures else 1 if explained else 2
 
 
 def fetch(args: argparse.Namespace) -> None:
@@ -205,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; errors become one line on stderr and exit status 2."""
     try:
         args = parser().parse_args(argv)
-        args.run(args)
+        status = args.run(args)
     except LabError as error:
         print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one line
         return 2
@@ -216,4 +270,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0

@@ -238,7 +238,7 @@ def gradcam(
     parameters' ``.grad`` and ``x`` are left exactly as they were.
     """
     check_images(x)
-    layer = layer or default_layer(model)
+    layer = default_layer(model) if layer is None else layer  # "" is refused by get_layer, not the default
     targets = class_targets(classes, x.shape[0])
     x = model_input(model, x)  # on the model's device, in its dtype, checked against its input size
     with capture(model, layer, cut_graph=True, save_gradients=False) as seen, torch.no_grad():

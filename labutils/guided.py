@@ -106,7 +106,7 @@ def guided_gradcam(
     ``layer`` and gives Grad-CAM; then the rule is switched on for the backward passes to the image.
     """
     check_images(x)
-    layer = layer or default_layer(model)
+    layer = default_layer(model) if layer is None else layer  # "" is refused by get_layer, not the default
     targets = class_targets(classes, x.shape[0])
     image = model_input(model, x).detach().clone().requires_grad_(True)
     device = image.device

@@ -141,7 +141,6 @@ def assert_untouched(out: Path) -> None:
         ("page.jpg", ["page.jpg", "not an image", "holds text"]),
         ("cut.jpg", ["cut.jpg", "truncated or corrupt"]),
         ("tiny.png", ["tiny.png", "only 1x1 pixels", "at least 8x8"]),
-        ("mixed", ["b.jpg", "truncated or corrupt"]),  # one bad file in a folder: nothing is explained
     ],
 )
 def test_bad_image_is_one_line_and_writes_nothing(image, words, files, out, capsys):
@@ -149,6 +148,21 @@ def test_bad_image_is_one_line_and_writes_nothing(image, words, files, out, caps
     assert_one_line_error(status, stdout, stderr, *words)
     assert stdout == ""  # refused before the model was even built
     assert_untouched(out)
+
+
+def test_a_broken_image_in_a_folder_does_not_stop_the_others(files, tmp_path, capsys):
+    """The folder's two good images are explained; the broken one is listed at the end; exit status 1."""
+    out = tmp_path / "mixed_out"
+    status, stdout, stderr = run(capsys, "explain", files / "mixed", *RANDOM, "--class", "243", "--out", out)
+    assert status == 1
+    assert "Traceback" not in stdout + stderr
+    assert sorted(os.listdir(out)) == ["a_alexnet_features.11_243_gradcam.png", "c_alexnet_features.11_243_gradcam.png"]
+    assert [line.split(": ")[0] for line in stdout.splitlines() if ": " in line][1:] == [
+        str(files / "mixed" / "a.png"), str(files / "mixed" / "c.png")]
+    assert stdout.splitlines()[-1].startswith("wrote Grad-CAM results for 2 image(s)")
+    assert stderr.splitlines() == [
+        stderr.splitlines()[0], "error: 1 of 3 images could not be explained (listed above)"]
+    assert stderr.startswith(f"error: {files / 'mixed' / 'b.jpg'} is truncated or corrupt")
 
 
 def test_image_modes_that_need_converting_all_work(files, alexnet, tmp_path, capsys):
