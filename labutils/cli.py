@@ -138,6 +138,16 @@ def prepare_model(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
+def explain_batch(args: argparse.Namespace, model: torch.nn.Module, batch: list[LabImage], classes: list | None) -> None:
+    """Print the top-5 of each image of the batch and write its results."""
+    x = model_input(model, torch.cat([im.tensor for im in batch]))
+    per_image = None if classes is None else [classes] * len(batch)
+    exp = METHODS[args.method](model, x, per_image, args.layer)
+    for n, (image, top5) in enumerate(zip(batch, predict(model, x, 5))):
+        tqdm.write(f"{image.path}: " + "; ".join(f"{class_label(i)} {p:.3f}" for i, _, p in top5))
+        write_outputs(args, model, image, exp, n)
+
+
 def explain(args: argparse.Namespace) -> int:
     """Top-5 predictions and maps for every image, in batches, a batch of images in memory at a time.
 
@@ -165,12 +175,7 @@ def explain(args: argparse.Namespace) -> int:
             if not batch:
                 continue
             model = model or prepare_model(args)
-            x = model_input(model, torch.cat([im.tensor for im in batch]))
-            per_image = None if classes is None else [classes] * len(batch)
-            exp = METHODS[args.method](model, x, per_image, args.layer)
-            for n, (image, top5) in enumerate(zip(batch, predict(model, x, 5))):
-                tqdm.write(f"{image.path}: " + "; ".join(f"{class_label(i)} {p:.3f}" for i, _, p in top5))
-                write_outputs(args, model, image, exp, n)
+            explain_batch(args, model, batch, classes)
             explained += len(batch)
             bar.update(len(batch))
     if explained:
