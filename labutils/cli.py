@@ -55,7 +55,7 @@ def image_paths(items: Sequence[str]) -> list[Path]:
     paths: list[Path] = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
+        if os.path.isdir(path):  # False, not an error, for a name too long or a symbolic link loop
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
             if not found:
                 raise ImageError(f"{path} is a folder with no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -138,7 +138,8 @@ def prepare_model(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
-def explain_batch(args: argparse.Namespace, model: torch.nn.Module, batch: list[LabImage], classes: list | None) -> None:
+def explain_batch(args: argparse.Namespace, model: torch.nn.Module, batch: list[LabImage], classes: list | None
+                  ) -> None:
     """Print the top-5 of each image of the batch and write its results."""
     x = model_input(model, torch.cat([im.tensor for im in batch]))
     per_image = None if classes is None else [classes] * len(batch)

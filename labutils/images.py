@@ -241,7 +241,9 @@ def _open(path: Path) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise _too_large(path, exc) from exc
     except PermissionError as exc:
-        raise ImageError(f"{path} cannot be read: permission denied; change its permissions (chmod +r) or copy it") from exc
+        raise ImageError(
+            f"{path} cannot be read: permission denied; change its permissions (chmod +r) or copy it"
+        ) from exc
     except OSError as exc:
         raise ImageError(f"Cannot read {path}: {exc}") from exc
 

@@ -10,6 +10,7 @@ figure and printout to say so.
 from __future__ import annotations
 
 import difflib
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -135,7 +136,8 @@ def resolve_class(c: int | str) -> int:
         raise ClassError(f"class {c!r} is not a class index or name")
     if isinstance(c, str) and _INDEX.fullmatch(c):
         c = int(c)
-    if isinstance(c, int) or (isinstance(c, torch.Tensor) and c.numel() == 1 and not c.is_floating_point()):
+    integer_tensor = isinstance(c, torch.Tensor) and c.numel() == 1 and not c.is_floating_point()
+    if isinstance(c, numbers.Integral) or integer_tensor:
         index = int(c)
         if not 0 <= index < len(names):
             raise ClassError(f"class index {index} is out of range: ImageNet classes are 0..{len(names) - 1}")

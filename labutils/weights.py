@@ -120,7 +120,8 @@ def check_values(state_dict: dict[str, torch.Tensor], source: object) -> None:
     """Refuse sparse tensors and weights that are NaN or infinite: the model could only output NaN."""
     sparse = [k for k, v in state_dict.items() if v.layout != torch.strided]
     if sparse:
-        raise WeightsError(f"{source} holds sparse tensors ({', '.join(sparse[:3])}{', ...' if len(sparse) > 3 else ''}); "
+        listed = ", ".join(sparse[:3]) + (", ..." if len(sparse) > 3 else "")
+        raise WeightsError(f"{source} holds sparse tensors ({listed}); "
                            "save the dense ones instead: {k: v.to_dense() for k, v in state_dict.items()}")
     broken = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:

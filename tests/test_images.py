@@ -401,7 +401,8 @@ def test_exif_orientation_of_every_format_is_applied_once(tmp_path, fmt, orienta
     exif[0x0112] = orientation
     path = tmp_path / f"pic.{fmt.lower()}"
     options = {"tiffinfo": {0x0112: orientation}} if fmt == "TIFF" else {"exif": exif.tobytes()}
-    Image.fromarray(a).save(path, format=fmt, **{"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {}), **options)
+    exact = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {})
+    Image.fromarray(a).save(path, format=fmt, **exact, **options)
     expected = ORIENTED.get(orientation, lambda a: a)(a).astype(int)
     got = np.asarray(load_image(path).original).astype(int)
     assert got.shape == expected.shape
