@@ -175,7 +175,8 @@ def explain(args: argparse.Namespace) -> int:
                     bar.update(1)
             if not batch:
                 continue
-            model = model or prepare_model(args)
+            if model is None:  # built at the first usable image: a run with none builds nothing
+                model = prepare_model(args)
             explain_batch(args, model, batch, classes)
             explained += len(batch)
             bar.update(len(batch))

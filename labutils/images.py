@@ -5,14 +5,15 @@ normalized channel by channel with the ImageNet mean and standard deviation
 (``IMAGENET_MEAN``, ``IMAGENET_STD``, read from torchvision's weights metadata).
 ``load_image`` turns any image file into that input:
 
-1. open it with PIL and check it (exists, is an image, not truncated, not tiny,
-   not absurdly large);
-2. turn it upright (EXIF orientation, as phone photos need) and into RGB:
-   transparency (RGBA, LA, palette with a transparent colour) is composited on
-   white, CMYK / grayscale / palette are converted, 16-bit grayscale is scaled to
-   8 bits (65535 -> 255);
+1. open it with PIL and check it (a regular, readable file, an image, not
+   truncated, not tiny, not absurdly large, not 32-bit integer or float pixels);
+2. turn it upright (EXIF orientation, as phone photos need, applied once whatever
+   the format and Pillow version) and into RGB: transparency (RGBA, LA, palette
+   with a transparent colour) is composited on white, CMYK / grayscale / palette
+   are converted, 16-bit grayscale is scaled to 8 bits (65535 -> 255);
 3. keep that RGB picture as ``LabImage.original`` for the Grad-CAM overlays,
-   reduced to at most ``ORIGINAL_MAX_SIDE`` (1024) pixels on its longest side;
+   reduced to at most ``ORIGINAL_MAX_SIDE`` (1024) pixels on its longest side
+   (the short side keeps at least ``MIN_SIDE`` pixels: a thin strip stays a strip);
 4. ``preprocess`` it: resize the WHOLE picture to 224 x 224 (bilinear, with
    antialiasing, by PIL; no crop, so an object at the border stays in the input;
    the aspect ratio is not kept), scale to [0, 1] and normalize.
@@ -21,7 +22,9 @@ So ``LabImage.tensor`` is always ``preprocess(LabImage.original)``.
 
 Very large photos are cheap: a JPEG is decoded directly at 1/2, 1/4 or 1/8 scale
 (``Image.draft``) and every picture is shrunk to 1024 pixels before it becomes a
-float tensor, so a 10000 x 8000 photo never turns into a 1 GB float tensor. Images
+float tensor, so a 10000 x 8000 photo never turns into a 1 GB float tensor; palette
+and 1-bit pictures, which must be converted before they are shrunk, are converted a
+band of rows at a time. Images
 of more than ``MAX_PIXELS`` (20000 x 20000) pixels are refused with ``ImageError``;
 below that, PIL's decompression-bomb limit is lifted for the duration of the call.
 """
@@ -155,6 +158,8 @@ def load_images(paths: Iterable[str | os.PathLike] | str | os.PathLike, size: in
     """``load_image`` for each path (a single path is accepted too)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    if not isinstance(paths, Iterable):
+        raise ImageError(f"load_images expects a path or a list of paths, got {type(paths).__name__}")
     return [load_image(p, size) for p in paths]
 
 

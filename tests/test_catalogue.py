@@ -24,7 +24,7 @@ from labutils import gradcam, guided_backprop, guided_gradcam, load_model
 from labutils.cli import main
 from labutils.errors import ClassError, ImageError, ImageNotFoundError, LayerError, ModelError, WeightsError
 from labutils.gradcam import class_targets, model_input
-from labutils.images import from_pil, load_image
+from labutils.images import from_pil, load_image, load_images
 from labutils.models import min_input_size, resolve_class
 from labutils.weights import read_state_dict
 
@@ -284,6 +284,7 @@ FILE_ROWS = [  # (make the call from the folder of bad files, error, fragment)
     (lambda b: load_image(b / "ok.png", size=True), ImageError, "got True"),
     (lambda b: from_pil(np.zeros((32, 32, 3), np.uint8)), ImageError, "wrap an array with PIL.Image.fromarray"),
     (lambda b: from_pil(None), ImageError, "from_pil expects a PIL image, got NoneType"),
+    (lambda b: load_images(None), ImageError, "load_images expects a path or a list of paths, got NoneType"),
     (lambda b: from_pil(Image.fromarray(np.full((20, 20), 100000, np.int32))), ImageError,
      "integer pixels from 100000 to 100000, beyond 16 bits"),
     (lambda b: load_image(b / "fifo.jpg"), ImageError, "fifo.jpg is not a regular file (a FIFO"),
@@ -307,6 +308,26 @@ def test_api_bad_image_file(row, bad):
     with pytest.raises(error) as info:
         call(bad)
     assert fragment in str(info.value)
+
+
+ACCEPTED_MODES = [  # a flat 20 x 20 picture in an unusual mode, and the 8-bit RGB colour it must become
+    (lambda: Image.new("1", (20, 20), 1), (255, 255, 255)),
+    (lambda: Image.new("L", (20, 20), 100), (100, 100, 100)),
+    (lambda: Image.new("LA", (20, 20), (100, 0)), (255, 255, 255)),  # fully transparent: white
+    (lambda: Image.new("LA", (20, 20), (100, 255)), (100, 100, 100)),
+    (lambda: Image.new("I;16", (20, 20), 257 * 100), (100, 100, 100)),
+    (lambda: Image.new("I", (20, 20), 65535), (255, 255, 255)),
+    (lambda: Image.new("CMYK", (20, 20), (0, 0, 0, 0)), (255, 255, 255)),
+    (lambda: Image.new("RGBA", (20, 20), (255, 0, 0, 255)), (255, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("row", range(len(ACCEPTED_MODES)))
+def test_api_unusual_image_modes_give_the_right_colour(row):
+    make, rgb = ACCEPTED_MODES[row]
+    lab = from_pil(make())
+    expected = torch.tensor([(v / 255 - m) / s for v, m, s in zip(rgb, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    torch.testing.assert_close(lab.tensor[0, :, 100, 100], expected, rtol=0, atol=0.5 / 255 / 0.224)
 
 
 # ---------------------------------------------------------------- API: weights

@@ -16,21 +16,27 @@ from httpserver import FileServer, closed_port_url  # tests/ is on sys.path (pyt
 
 from labutils import data, weights
 from labutils.data import SampleImage, data_status, fetch, sample_images, sample_path
+from labutils.download import download_file
 from labutils.errors import DownloadError, ImageError, ImageNotFoundError, LabError, WeightsError
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"  # the real manifest, read-only here
+SHARED_DATA = os.environ.get("LABUTILS_DATA")  # read before any fixture unsets it
 CAT_DOG_SHA256 = "ec62e965a2699adb4d043c0468817062bc7aa5019358fdf8ececd104d3de36e8"
 
 
 def shared_cat_dog() -> Path:
-    """The real cat_dog.jpg of the shared data folder (CI: LABUTILS_DATA=../shared/data)."""
-    candidates = [REPO_DATA.parents[1] / "shared" / "data"]
-    if os.environ.get("LABUTILS_DATA"):
-        candidates.insert(0, Path(os.environ["LABUTILS_DATA"]))
+    """The real cat_dog.jpg: in $LABUTILS_DATA (CI: ../shared/data) or data/, else downloaded into data/
+    (a fresh clone on a machine with internet), verified against the manifest's checksum."""
+    candidates = [Path(SHARED_DATA)] if SHARED_DATA else []
+    candidates += [REPO_DATA.parents[1] / "shared" / "data", REPO_DATA]
     for folder in candidates:
         if (folder / "cat_dog.jpg").is_file():
             return folder / "cat_dog.jpg"
-    pytest.skip("the shared sample images are not on this machine (set LABUTILS_DATA to their folder)")
+    url = next(row[1] for row in data._table_rows((REPO_DATA / "SOURCES.md").read_text()) if row[0] == "cat_dog.jpg")
+    try:
+        return download_file(url, REPO_DATA / "cat_dog.jpg", sha256=CAT_DOG_SHA256, progress=False)
+    except DownloadError as exc:
+        pytest.skip(f"cat_dog.jpg is not on this machine and cannot be downloaded ({exc}): set LABUTILS_DATA")
 
 
 @pytest.fixture
