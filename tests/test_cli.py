@@ -195,6 +195,21 @@ def test_a_folder_is_streamed_one_batch_of_images_at_a_time(tmp_path, capsys, mo
     assert len(alive) == 7 and most[0] == 2
 
 
+def test_a_folder_shows_a_progress_bar_on_a_terminal(files, tmp_path, monkeypatch):
+    """tqdm's bar on stderr when it is a terminal (in a log file it would only add noise)."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([str(a) for a in ("explain", files / "modes", *RANDOM, "--class", "1", "--batch-size", "2",
+                                  "--out", tmp_path / "o")]) == 0
+    assert "explaining: 100%" in terminal.getvalue() and "5/5" in terminal.getvalue()
+
+
 def test_image_modes_that_need_converting_all_work(files, alexnet, tmp_path, capsys):
     """16-bit, CMYK, palette, grayscale, RGBA: one folder, two classes, PNGs and .npz for each image."""
     out = tmp_path / "modes_out"
