@@ -474,3 +474,19 @@ def test_cli_a_folder_of_only_broken_images_lists_each_and_exits_2(bad, tmp_path
         "error: 2 of 2 images could not be explained (listed above)",
     ]
     assert not (tmp_path / "o").exists()  # nothing was made
+
+
+def test_api_unreadable_image_is_a_permission_error(bad, monkeypatch):
+    """chmod 000 does not stop root: the operating system's refusal is simulated at os.access and open."""
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p).name == "ok.png" else real_access(p, mode))
+    with pytest.raises(ImageError, match="ok.png cannot be read: permission denied"):
+        load_image(bad / "ok.png")
+    monkeypatch.setattr(os, "access", real_access)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(ImageError, match="ok.png cannot be read: permission denied"):
+        load_image(bad / "ok.png")
