@@ -112,4 +112,12 @@ def my_overlay(image, cam_map, alpha, colors):
     return (1 - alpha) * image + alpha * colors[bins]
 
 
+def my_pointing_game(maps, boxes, tolerance):
+    peak = maps.flatten(1).argmax(dim=1)
+    rows, cols = peak // maps.shape[-1], peak % maps.shape[-1]
+    top, left, bottom, right = (boxes[:, i] for i in range(4))
+    return ((rows >= top - tolerance) & (rows <= bottom + tolerance)
+            & (cols >= left - tolerance) & (cols <= right + tolerance))
+
+
 ANSWERS = {name[3:]: fn for name, fn in dict(globals()).items() if name.startswith("my_")}

@@ -176,6 +176,13 @@ CATALOGUE = [
      "you clipped the weights with a ReLU"),
     ("overlay-swapped", "overlay", overlay_variant("swapped"), "the weights are swapped"),
     ("overlay-grey", "overlay", overlay_variant("grey"), "not their jet colours"),
+    ("pointing-argmin", "pointing_game", lambda m, b, t: answers.my_pointing_game(-m, b, t), "minimum of the map"),
+    ("pointing-exclusive", "pointing_game", lambda m, b, t: answers.my_pointing_game(m, b - torch.tensor([0.0, 0, 1, 1]), t),
+     "the boxes are inclusive"),
+    ("pointing-transposed", "pointing_game", lambda m, b, t: answers.my_pointing_game(m, b[:, [1, 0, 3, 2]], t),
+     "rows and columns swapped"),
+    ("pointing-no-tolerance", "pointing_game", lambda m, b, t: answers.my_pointing_game(m, b, 0), "you ignored the tolerance"),
+    ("pointing-float", "pointing_game", lambda m, b, t: answers.my_pointing_game(m, b, t).float(), "wrong dtype"),
     ("overlay-no-resize", "overlay", overlay_variant("no-resize"), "must match the size of tensor b (14)"),
 ]
 

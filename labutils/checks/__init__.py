@@ -19,6 +19,7 @@ The exercises, one module per notebook:
 - ``gradcam_math`` (03)   ``alpha`` (1), ``combine`` (2), ``postprocess`` (5.5), ``gradcam`` (the
                           pipeline), ``layer_sweep``, ``cam`` (Grad-CAM = CAM with global average pooling)
 - ``guided`` (04)         ``guided_relu``, ``guided_gradcam``, ``counterfactual``, ``overlay`` (5.6)
+- ``trust`` (06)          ``pointing_game``
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..exercise import Exercise, call
-from . import architectures, gradcam_math, guided, hooks
+from . import architectures, gradcam_math, guided, hooks, trust
 
 EXERCISES: list[Exercise] = [
     architectures.LAYER_COST,
@@ -45,8 +46,9 @@ EXERCISES: list[Exercise] = [
     guided.GUIDED_GRADCAM,
     guided.COUNTERFACTUAL,
     guided.OVERLAY,
+    trust.POINTING_GAME,
 ]
-VERIFIED = {**architectures.VERIFIED, **hooks.VERIFIED, **gradcam_math.VERIFIED, **guided.VERIFIED}
+VERIFIED = {**architectures.VERIFIED, **hooks.VERIFIED, **gradcam_math.VERIFIED, **guided.VERIFIED, **trust.VERIFIED}
 BY_ID = {e.grade_id: e for e in EXERCISES}
 _passed: dict[str, Callable] = {}  # grade_id -> the function whose check last passed (what you asked to check)
 
@@ -143,3 +145,4 @@ check_guided_relu = _checker("guided_relu")
 check_guided_gradcam = _checker("guided_gradcam")
 check_counterfactual = _checker("counterfactual")
 check_overlay = _checker("overlay")
+check_pointing_game = _checker("pointing_game")
