@@ -26,7 +26,7 @@ class Steps:
     alpha: Callable  # dy^c/dA^k (…, K, h, w) -> alpha_k^c (…, K)            equation (1)
     combine: Callable  # alpha (…, K), A^k (…, K, h, w) -> L^c (…, h, w)       equation (2)
     postprocess: Callable  # L^c (…, h, w), (H, W) -> maps (…, H, W) in [0, 1]  section 5.5
-    gradcam: Optional[Callable] = None  # (model, x, c, layer) -> maps (N, H, W): all of the above
+    gradcam: Optional[Callable] = None  # (model, x, c, layer) -> maps (N, H, W): all of the above (the sweep's)
 
 
 def activations_and_gradients(model: nn.Module, layer: str, x: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,12 +37,7 @@ def activations_and_gradients(model: nn.Module, layer: str, x: torch.Tensor, c: 
     return seen.activations.detach(), gradients
 
 
-def gradcam_maps(model: nn.Module, x: torch.Tensor, c: int, layer: str) -> torch.Tensor:
-    """Grad-CAM maps (N, H, W) of class ``c`` at ``layer``, from the steps above."""
-    activations, gradients = activations_and_gradients(model, layer, x, c)
-    return postprocess(combine(alpha_weights(gradients), activations), tuple(x.shape[-2:]))
-
-
 def reference_steps(seed: int = 0) -> Steps:
-    """labutils' steps (``seed`` is unused: the signature of a builder that a check can name)."""
-    return Steps(activations_and_gradients, alpha_weights, combine, postprocess, gradcam_maps)
+    """labutils' four steps, without the assembled pipeline (``seed`` is unused: the signature of a
+    builder that a check can name). ``labutils.pipeline`` adds the pipeline, for the layer sweep."""
+    return Steps(activations_and_gradients, alpha_weights, combine, postprocess)

@@ -157,6 +157,8 @@ CATALOGUE = [
     ("gradcam-gradients", "gradcam", steps_misused("gradients"), "you weighted the gradients instead of the activations"),
     ("gradcam-size", "gradcam", steps_misused("swapped_size"), "height and width swapped"),
     ("gradcam-counterfactual", "gradcam", steps_misused("negated"), "these are the counterfactual maps"),
+    ("gradcam-calls-a-pipeline", "gradcam", lambda m, x, c, l, steps: steps.gradcam(m, x, c, l),
+     "'NoneType' object is not callable"),
     ("sweep-cosine", "layer_sweep", sweep_cosine, "that is the cosine similarity"),
     ("cam-m", "cam", cam_without(z=False, relu=False), "this is CAM's M^c itself"),
     ("cam-no-z", "cam", cam_without(z=False), "you left out 1/Z"),

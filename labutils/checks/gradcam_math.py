@@ -14,7 +14,8 @@ from ..steps import reference_steps
 from ._common import compare, diagnosis, pick, randn
 
 NOTEBOOK = "03_gradcam_math.ipynb"
-STEPS = Net("labutils.steps:reference_steps", 0)  # labutils' steps, for the exercises that build on them
+STEPS = Net("labutils.steps:reference_steps", 0)  # labutils' steps, for the exercise that assembles them
+PIPELINE = Net("labutils.pipeline:pipeline_steps", 0)  # the steps and the assembled pipeline, for the sweep
 
 
 # ---------------------------------------------------------------- alpha: equation (1)
@@ -248,11 +249,11 @@ def sweep_cases(g: Optional[torch.Generator]) -> list[Case]:
     s = [pick(g, 40 + i, 100, 10_000) for i in range(3)]
     return [
         Case("tiny_vgg, 1 image of 48 x 64, classes (2, 9), layers features.1, .4, .7, .9",
-             (Net(vgg, s[0]), randn(1, 3, 48, 64, seed=s[0]), (2, 9), ["features.1", "features.4", "features.7", "features.9"], STEPS)),
+             (Net(vgg, s[0]), randn(1, 3, 48, 64, seed=s[0]), (2, 9), ["features.1", "features.4", "features.7", "features.9"], PIPELINE)),
         Case("tiny_alexnet, 2 images of 112 x 144, classes (0, 5), layers features.4, .6, .9",
-             (Net(alex, s[1]), randn(2, 3, 112, 144, seed=s[1]), (0, 5), ["features.4", "features.6", "features.9"], STEPS)),
+             (Net(alex, s[1]), randn(2, 3, 112, 144, seed=s[1]), (0, 5), ["features.4", "features.6", "features.9"], PIPELINE)),
         Case("tiny_vgg, 2 images of 32 x 40, classes (4, 17), layers features.9, .3 (not in network order)",
-             (Net(vgg, s[2]), randn(2, 3, 32, 40, seed=s[2]), (4, 17), ["features.9", "features.3"], STEPS)),
+             (Net(vgg, s[2]), randn(2, 3, 32, 40, seed=s[2]), (4, 17), ["features.9", "features.3"], PIPELINE)),
     ]  # fmt: skip
 
 
@@ -286,7 +287,7 @@ def _sweep(case: Case, got: object) -> Optional[str]:
 
 
 LAYER_SWEEP = Exercise(
-    "layer_sweep", NOTEBOOK, "my_layer_sweep", ("labutils.nets", "labutils.steps"), sweep_cases,
+    "layer_sweep", NOTEBOOK, "my_layer_sweep", ("labutils.nets", "labutils.steps", "labutils.pipeline"), sweep_cases,
     diagnosis("my_layer_sweep", _sweep),
 )  # fmt: skip
 
