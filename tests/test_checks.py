@@ -173,3 +173,14 @@ def test_diagnose_reads_only_plain_data():
     assert e.diagnose(case, Outcome((a, g))) is None
     assert "a hook is still on the model" in e.diagnose(case, Outcome((a, g), hooks_left=("features.9: 1 forward hook(s)",)))
     assert "changed its input number 3 in place" in e.diagnose(case, Outcome((a, g), changed_inputs=(2,)))
+
+
+@pytest.mark.parametrize("grade_id", [e.grade_id for e in checks.EXERCISES])
+def test_diagnose_names_any_odd_result_without_crashing(grade_id):
+    """Whatever plain data comes back, diagnose returns one line: it never raises in the grader."""
+    e = checks.BY_ID[grade_id]
+    case = e.cases(None)[0]
+    for odd in (None, "text", 3, 2.5, (), ("a", "b", "c"), [torch.zeros(2)] * 3, torch.zeros(2, dtype=torch.bool),
+                torch.zeros(0), {"a": 1}, (torch.zeros(3), None), torch.full((1,), float("nan"))):
+        cause = e.diagnose(case, Outcome(odd))
+        assert isinstance(cause, str) and cause and "\n" not in cause, (odd, cause)

@@ -115,6 +115,8 @@ CATALOGUE = [
     ("cost-decimal-mb", "layer_cost", cost_with(decimal_mb=True), "MB = 1024² bytes"),
     ("cost-pool-params", "layer_cost", lambda s, i: (answers.my_layer_cost(s, i)[0], 1, answers.my_layer_cost(s, i)[2])
      if s["kind"] == "maxpool" else answers.my_layer_cost(s, i), "a maxpool has no weights"),
+    ("cost-strings", "layer_cost", lambda s, i: (("64", "55", "55"), 1, 1.0), "a tuple of ints"),
+    ("capture-returns-strings", "capture", lambda m, l, x, c: ("A", "dA"), "wrong type: A^k should be a torch.Tensor"),
     ("capture-not-implemented", "capture", lambda *a: (_ for _ in ()).throw(NotImplementedError()),
      "capture: not implemented yet — write my_capture above"),
     ("capture-no-clone", "capture", capture_with(clone=False), "was overwritten by the inplace ReLU"),

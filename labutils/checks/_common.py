@@ -29,7 +29,11 @@ def diagnosis(function: str, specific: Specific, *, hooks_matter: bool = False) 
             i = outcome.changed_inputs[0]
             return (f"{function} changed its input number {i + 1} in place (an inplace operation such as relu_, "
                     f"clamp_ or x[...] = ...): compute the result in a new tensor")
-        cause = specific(case, outcome.result)
+        try:
+            cause = specific(case, outcome.result)
+        except Exception as err:  # a result too odd to compare (e.g. strings in a shape): wrong, say what it was
+            return f"{function} returned something that cannot be compared with the reference " \
+                   f"({type(outcome.result).__name__}; {type(err).__name__}: {err})"  # fmt: skip
         if cause is None and outcome.hooks_left and hooks_matter:
             return (f"a hook is still on the model after {function} returned ({'; '.join(outcome.hooks_left)}): "
                     f"keep each handle and call handle.remove(), in a finally: block")

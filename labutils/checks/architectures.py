@@ -80,7 +80,9 @@ def diagnose_cost(case: Case, got: object) -> Optional[str]:
     if not isinstance(got, (tuple, list)) or len(got) != 3:
         return f"wrong type: return a tuple (output shape, parameters, MB), got {type(got).__name__}"
     got_out, got_params, got_mb = got
-    if not isinstance(got_out, (tuple, list)) or tuple(int(v) for v in got_out) != out:
+    if not isinstance(got_out, (tuple, list)) or not all(isinstance(v, int) for v in got_out):
+        return f"wrong type: the output shape should be a tuple of ints, e.g. {out}, got {got_out!r}"
+    if tuple(got_out) != out:
         hint = ""
         if spec["kind"] in ("conv", "maxpool") and isinstance(got_out, (tuple, list)) and len(got_out) == 3:
             k, s, p = spec["kernel"], spec.get("stride", spec["kernel"] if spec["kind"] == "maxpool" else 1), spec.get("padding", 0)
