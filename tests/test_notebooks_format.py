@@ -17,7 +17,7 @@ PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUDENT_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
-SEQUENCE = ["00_", "01_", "02_", "03_", "04_", "05_"]
+SEQUENCE = ["00_", "01_", "02_", "03_", "04_", "05_", "06_"]
 
 
 def load(path: Path) -> nbformat.NotebookNode:
@@ -35,6 +35,12 @@ def is_check_cell(cell) -> bool:
 
 def is_solution_cell(cell) -> bool:
     return cell.cell_type == "code" and (BEGIN in cell.source or cell.metadata.get("nbgrader", {}).get("solution"))
+
+
+def is_answer_cell(cell) -> bool:
+    """A written answer: a markdown cell that nbgrader grades by hand."""
+    meta = cell.metadata.get("nbgrader", {})
+    return cell.cell_type == "markdown" and meta.get("solution") is True
 
 
 def notebook_id(path: Path) -> str:
@@ -157,3 +163,65 @@ def test_grade_ids_are_unique_across_notebooks():
 def test_student_version_helper():
     source = 'def f(x):\n    """doc"""\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n'
     assert student_version(source) == 'def f(x):\n    """doc"""\n    # YOUR CODE HERE\n    raise NotImplementedError()'
+
+
+# ---------------------------------------------------------------- the exercises against the registry, the questions
+
+
+def test_every_registered_exercise_is_in_its_notebook_and_every_check_is_registered():
+    from labutils.checks import EXERCISES
+
+    found = {}
+    for path in PATHS:
+        for cell in load(path).cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if cell.cell_type == "code" and meta.get("grade") is True:
+                found[meta["grade_id"]] = path.name
+    assert found == {e.grade_id: e.notebook for e in EXERCISES}
+    for e in EXERCISES:
+        cells = load(NOTEBOOKS / e.notebook).cells
+        solution = [c for c in cells if c.metadata.get("nbgrader", {}).get("grade_id") == e.solution_grade_id]
+        assert len(solution) == 1 and f"def {e.function}(" in solution[0].source, e.grade_id
+
+
+def test_no_reference_is_imported_before_its_exercise():
+    """The names that answer an exercise appear in no code cell above its check (reading labutils is fine)."""
+    answers = {
+        "capture": ["import capture", ", capture", "capture,"],
+        "alpha": ["alpha_weights"], "combine": ["import combine", ", combine"], "postprocess": ["postprocess"],
+        "gradcam": ["import gradcam", ", gradcam", "gradcam("], "cam": [], "layer_sweep": ["correlations"],
+        "guided_relu": ["guided_relus", "guided_relu_gradient"], "guided_gradcam": ["guided_gradcam", "guided_times_cam"],
+        "overlay": ["import overlay", "overlay(", "import figure", "figure("], "pointing_game": ["pointing_game("],
+        "layer_cost": ["layer_cost"], "counterfactual": ["counterfactual=True"],
+    }
+    for path in PATHS:
+        cells = load(path).cells
+        for index, cell in enumerate(cells):
+            meta = cell.metadata.get("nbgrader", {})
+            if cell.cell_type != "code" or meta.get("grade") is not True:
+                continue
+            grade_id = meta["grade_id"]
+            for earlier in cells[:index]:
+                if earlier.cell_type != "code" or earlier.metadata.get("nbgrader", {}).get("solution"):
+                    continue
+                source = re.sub(r"check_\w+", "", earlier.source)  # the check functions' names are not answers
+                for name in answers[grade_id]:
+                    assert name not in source, f"{path.name}: {name!r} before the check of {grade_id}"
+
+
+def test_written_questions():
+    questions = []
+    for path in PATHS:
+        cells = load(path).cells
+        for index, cell in enumerate(cells):
+            if not is_answer_cell(cell):
+                continue
+            where = f"{path.name} cell {index}"
+            meta = cell.metadata["nbgrader"]
+            assert meta.get("grade") is True and meta.get("task") is False and meta.get("locked") is False, where
+            assert isinstance(meta.get("points"), int) and meta["points"] > 0 and meta.get("schema_version") == 3, where
+            assert "=== BEGIN MARK SCHEME ===" in cell.source and "=== END MARK SCHEME ===" in cell.source, where
+            assert "### Question" in cells[index - 1].source, f"{where}: the question comes right before its answer"
+            questions.append(meta["grade_id"])
+    assert len(questions) >= 8 and len(set(questions)) == len(questions), questions
+    assert sum("predict" in q for q in questions) >= 3, questions
