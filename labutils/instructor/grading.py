@@ -1,54 +1,55 @@
-"""Grading: re-execute each submitted notebook with the instructor's checks, score it, write a report.
+"""Grading: score every exercise where the student's code cannot decide, run each notebook in a sandbox, report.
 
     python -m labutils grade submissions/ --out grades/
     python -m labutils grade alice_03_gradcam_math.ipynb bob/ --timeout 60 --jobs 2
+    python -m labutils grade --marks marks.csv --out grades/      # merge the manual marks, run nothing
 
 **Which notebook, which student.** A submission is a notebook file or a folder (searched recursively
-for ``*.ipynb``). Each file is matched to the lab notebook whose name ends its own name, and the student
-id is what comes before it (``alice_03_gradcam_math.ipynb`` -> ``alice``, ``03_gradcam_math``); a file
-named exactly like the lab notebook takes the name of the folder that holds it
-(``alice/03_gradcam_math.ipynb`` -> ``alice``). Files that match no notebook with exercises are
-skipped, and the run says so. One student's notebooks form one submission: one row of ``grades.csv``
-and one report.
+for ``*.ipynb``; symbolic links are refused, not followed). Each file is matched to the lab notebook
+whose name ends its own name, and the student id is what comes before it (``alice_03_gradcam_math.ipynb``
+-> ``alice``); a file named exactly like the lab notebook takes the name of the folder that holds it
+(``alice/03_gradcam_math.ipynb`` -> ``alice``). Two files that claim the same student and notebook are
+both left ungraded, with a note in that student's row; the same file given twice counts once.
 
-**How a notebook is run.** Its stored outputs are cleared (they are never trusted), each check cell is
-replaced by the instructor's locked one (matched by its nbgrader ``grade_id``; a check cell the student
-deleted or edited is restored), and the result runs top to bottom in a fresh ``python3`` kernel
-(nbclient), in a temporary folder, with ``LABUTILS_WEIGHTS=random`` unless the environment sets it. The
-locked check cell first re-imports its check function (``from labutils.checks import check_alpha``),
-so a student who defined their own ``check_alpha`` earlier does not replace it, and ends by printing a
-secret token that only a check that returned normally can print. Errors do not stop the notebook. A
-cell that runs past the timeout is interrupted; if the kernel does not recover, or dies (``os._exit``,
-out of memory), a new kernel runs the cells that follow. Output beyond ``OUTPUT_CAP`` characters of text
-(or ``FIGURES_CAP`` of figures) in one cell is cut.
+**The points** (:mod:`labutils.instructor.scoring`). For each exercise of the registry
+(``labutils.checks.EXERCISES``), the solution cell's code is taken from the grader's own copy of the
+submitted file and called in a separate sandboxed scoring process on the fixed cases and on cases
+drawn fresh for this submission; the outcomes come back as plain data and ``exercise.diagnose``
+judges them here. An exercise earns the ``points`` of its check cell's nbgrader metadata (in the
+instructor's notebook) only if every case is right. Nothing the notebook's kernel does counts.
 
-**The score.** An exercise earns the ``points`` of its check cell's nbgrader metadata when that cell ran
-without an error, printed its ``PASS`` line and its token. ``grades.csv`` has one row per student: the
-points per exercise (columns named by grade id), ``total`` and ``max``. ``<student>.html`` shows each
-exercise's result and error line, errors of the other cells, the student's solution code and every
-figure the notebook drew.
+**The notebook** still runs top to bottom for the report (its figures and errors), outputs cleared,
+in a fresh kernel inside the sandbox (:mod:`labutils.instructor.kernel`), with ``LABUTILS_WEIGHTS=random``
+unless the environment sets it. A cell that runs past ``timeout`` is interrupted; the notebook as a
+whole has a time ``budget``; a kernel that dies (``os._exit``, out of memory) or stays stuck is
+replaced and the cells after it still run. Output beyond ``OUTPUT_CAP`` characters per cell, and
+figures beyond ``FIGURES_CAP`` characters per notebook, are cut.
 
-The grader runs the students' code with your permissions: grade on a machine or account where that is
-acceptable.
+**Results.** ``results/<student>.json`` is written as soon as a student is graded, and ``grades.csv``
+(atomically) after each student; a re-run skips the students already graded unless ``regrade`` names
+them. ``<student>.html`` shows each exercise's result, written answers next to the mark scheme,
+errors, notes, the solution code and the figures. Manual marks come from a CSV (:func:`merge_marks`).
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import copy
 import csv
+import hashlib
 import html
 import io
+import json
 import os
 import re
-import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 import nbformat
 from jupyter_core.utils import run_sync
@@ -56,15 +57,19 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 from tqdm import tqdm
 
-from .errors import LabError
-from .student import REPO_ROOT
+from ..errors import LabError
+from ..exercise import Exercise
+from .kernel import KernelSetup, kernel_manager
+from .sandbox import NO_SANDBOX_WARNING, Limits, bwrap_works, cgroups_work, make_cgroup, INSTALL_HINT
+from .scoring import ScoringPool, ScoringSetup, Verdict, copies_reference, import_lines
+from .student import REPO_ROOT, TEXT_BEGIN, TEXT_END
 
 OUTPUT_CAP = 100_000  # characters of text output kept per cell
-FIGURES_CAP = 20_000_000  # characters of figures (base64) kept per cell
-CAPS = {"text": OUTPUT_CAP, "figures": FIGURES_CAP}
+FIGURES_CAP = 8_000_000  # characters of figures (base64) kept per notebook
 FIGURE_CAP = 60  # figures shown per notebook in the report
 KERNEL_STARTS = 4  # kernels per notebook at most: the first one and 3 replacements
 TIMEOUT_ERROR = "GraderTimeout"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP: cells a spreadsheet would read as a formula
 
 
 # ---------------------------------------------------------------- results
@@ -72,7 +77,7 @@ TIMEOUT_ERROR = "GraderTimeout"
 
 @dataclass
 class ExerciseResult:
-    """One exercise of one submission: its check's outcome and the points it earned."""
+    """One exercise of one submission: what scoring found and the points it earned."""
 
     grade_id: str
     notebook: str
@@ -80,6 +85,19 @@ class ExerciseResult:
     max_points: float
     passed: bool
     message: str  # the PASS line, or the one line that says why not
+    copied: bool = False  # the solution's code is the reference's, once normalised: the instructor judges
+
+
+@dataclass
+class QuestionResult:
+    """One written (manually graded) answer: the student's text next to the mark scheme."""
+
+    grade_id: str
+    notebook: str
+    max_points: float
+    answer: str
+    scheme: str
+    points: Optional[float] = None  # from the marks CSV
 
 
 @dataclass
@@ -89,135 +107,157 @@ class GradeResult:
     student: str
     exercises: list[ExerciseResult]
     report: Path
-    notes: list[str] = field(default_factory=list)  # what happened beyond the checks (timeouts, crashes...)
-    seconds: float = 0.0  # wall time spent running this student's notebooks
+    notes: list[str] = field(default_factory=list)  # what happened beyond the exercises (timeouts, crashes...)
+    seconds: float = 0.0  # wall time spent on this student's notebooks
+    questions: list[QuestionResult] = field(default_factory=list)
 
     @property
     def total(self) -> float:
-        return sum(e.points for e in self.exercises)
+        return sum(e.points for e in self.exercises) + sum(q.points or 0.0 for q in self.questions)
 
     @property
     def max_points(self) -> float:
-        return sum(e.max_points for e in self.exercises)
+        return sum(e.max_points for e in self.exercises) + sum(q.max_points for q in self.questions)
+
+    def to_json(self) -> dict:
+        return {"student": self.student, "exercises": [asdict(e) for e in self.exercises],
+                "questions": [asdict(q) for q in self.questions], "report": self.report.name, "notes": self.notes,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict, folder: Path) -> "GradeResult":
+        return cls(str(data["student"]), [ExerciseResult(**e) for e in data["exercises"]],
+                   folder / Path(str(data["report"])).name, list(data.get("notes", [])),
+                   float(data.get("seconds", 0.0)), [QuestionResult(**q) for q in data.get("questions", [])])
 
 
 @dataclass(frozen=True)
-class Check:
-    """A locked check cell of the instructor's notebook."""
+class Graded:
+    """An exercise of the lab: the registry's entry and the points of its check cell."""
+
+    exercise: Exercise
+    points: float
+
+
+@dataclass(frozen=True)
+class Question:
+    """A manually graded cell of the instructor's notebook (nbgrader ``grade`` and ``solution``)."""
 
     grade_id: str
     points: float
-    cell: nbformat.NotebookNode  # the instructor's cell, as committed
-    guard: str  # import lines that rebind the check function inside the cell
-    after: str | None  # grade_id of the instructor cell just before it (the exercise), if any
+    scheme: str
+
+
+@dataclass(frozen=True)
+class LabNotebook:
+    name: str
+    exercises: tuple[Graded, ...]
+    questions: tuple[Question, ...]
 
 
 @dataclass
 class Run:
-    """One submitted notebook after execution."""
+    """One submitted notebook after execution and scoring."""
 
     notebook: str
     nb: nbformat.NotebookNode | None
-    tokens: dict[str, tuple[int, str]]  # grade_id -> (cell index, the token its check prints)
     notes: list[str] = field(default_factory=list)
     timed_out: set[int] = field(default_factory=set)
     not_run: dict[int, str] = field(default_factory=dict)  # cell index -> why it did not run
-    seen: dict[int, list[str]] = field(default_factory=dict)  # PASS/token lines found in cut output
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    copied: set[str] = field(default_factory=set)
+    answers: dict[str, str] = field(default_factory=dict)  # question grade_id -> the student's cell
     seconds: float = 0.0
 
 
 # ---------------------------------------------------------------- the instructor's notebooks
 
 
-def _nbgrader(cell: nbformat.NotebookNode) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+def nbgrader(cell: Any) -> dict:
+    """A cell's nbgrader metadata with a string grade_id, or {} (whatever types a submission holds)."""
+    meta = cell.get("metadata") if isinstance(cell, dict) else None
+    found = meta.get("nbgrader") if isinstance(meta, dict) else None
+    if not isinstance(found, dict) or not isinstance(found.get("grade_id"), str):
+        return {}
+    return found
 
 
-def _python(source: str) -> ast.Module | None:
-    """The cell's code as an AST, IPython magics and shell lines commented out; None if it does not parse."""
-    lines = ["#" + line if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n")]
+def _declared(meta: dict, where: str) -> float:
     try:
-        return ast.parse("\n".join(lines))
-    except SyntaxError:
-        return None
+        value = float(meta.get("points", 0))
+    except (TypeError, ValueError):
+        raise LabError(f"{where}: nbgrader points {meta.get('points')!r} is not a number") from None
+    if not value >= 0:
+        raise LabError(f"{where}: nbgrader points must be 0 or more, got {value}")
+    return value
 
 
-def _imports(nb: nbformat.NotebookNode) -> dict[str, str]:
-    """Every name an import of the notebook binds -> that import, as one line of code."""
-    bound: dict[str, str] = {}
-    for cell in nb.cells:
-        tree = _python(cell.source) if cell.cell_type == "code" else None
-        for node in ast.walk(tree) if tree else ():
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                for alias in node.names:
-                    if alias.name != "*":
-                        line = f"from {node.module} import {alias.name}"
-                        bound[alias.asname or alias.name] = line + (f" as {alias.asname}" if alias.asname else "")
-            elif isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.asname:
-                        bound[alias.asname] = f"import {alias.name} as {alias.asname}"
-                    else:
-                        bound[alias.name.split(".")[0]] = f"import {alias.name}"
-    return bound
+def mark_scheme(source: str) -> str:
+    """The marked region(s) of an instructor's answer cell, or the whole cell."""
+    lines, inside, kept = source.split("\n"), False, []
+    for line in lines:
+        if TEXT_BEGIN.match(line):
+            inside = True
+        elif TEXT_END.match(line):
+            inside = False
+        elif inside:
+            kept.append(line)
+    return "\n".join(kept).strip() or source.strip()
 
 
-def _guard(source: str, imports: dict[str, str]) -> str:
-    """The imports that rebind, inside the check cell, every name the cell calls (check_alpha, checks...)."""
-    tree = _python(source)
-    called = []
-    for node in ast.walk(tree) if tree else ():
-        if isinstance(node, ast.Call):
-            root = node.func
-            while isinstance(root, ast.Attribute):
-                root = root.value
-            if isinstance(root, ast.Name) and root.id not in called:
-                called.append(root.id)
-    lines = []
-    for name in called:
-        if name in imports:
-            lines.append(imports[name])
-        elif name.startswith("check_"):
-            lines.append(f"from labutils.checks import {name}")
-    return "\n".join(dict.fromkeys(lines))
-
-
-def instructor_checks(nb: nbformat.NotebookNode) -> list[Check]:
-    """The notebook's graded cells (nbgrader ``grade: true`` with a ``grade_id``), in order."""
-    imports = _imports(nb)
-    checks, previous = [], None
-    for cell in nb.cells:
-        meta = _nbgrader(cell)
-        if cell.cell_type == "code" and meta.get("grade") and meta.get("grade_id"):
-            checks.append(Check(meta["grade_id"], float(meta.get("points", 0)), cell, _guard(cell.source, imports),
-                                previous))
-        previous = meta.get("grade_id", previous) if meta else previous
-    ids = [c.grade_id for c in checks]
-    duplicated = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicated:
-        raise LabError(f"grade_id {', '.join(duplicated)} is used by several check cells; make each one unique")
-    return checks
-
-
-def instructor_notebooks(folder: Path) -> dict[str, tuple[nbformat.NotebookNode, list[Check]]]:
-    """The instructor's notebooks that hold exercises: file name -> (notebook, its checks)."""
-    found = {}
+def lab_notebooks(folder: Path, registry: list[Exercise]) -> dict[str, LabNotebook]:
+    """The instructor's notebooks that hold exercises or questions, checked against the registry."""
+    by_id = {e.grade_id: e for e in registry}
+    if len(by_id) != len(registry):
+        raise LabError("the registry lists one grade_id twice; give each exercise its own")
+    found, seen = {}, set()
     for path in sorted(Path(folder).glob("*.ipynb")):
         try:
             nb = nbformat.read(path, as_version=4)
         except Exception as error:
             raise LabError(f"the instructor's notebook {path} is not readable ({type(error).__name__}: {error})"
                            ) from None
-        checks = instructor_checks(nb)
-        if checks:
-            found[path.name] = (nb, checks)
+        exercises, questions = [], []
+        for n, cell in enumerate(nb.cells):
+            meta = nbgrader(cell)
+            if not meta.get("grade"):
+                continue
+            grade_id, where = meta["grade_id"], f"{path.name}, cell {n + 1}"
+            if grade_id in seen:
+                raise LabError(f"{where}: grade_id {grade_id} is used twice; make each one unique")
+            seen.add(grade_id)
+            if meta.get("solution"):
+                questions.append(Question(grade_id, _declared(meta, where), mark_scheme(cell.source)))
+            elif grade_id in by_id:
+                exercise = by_id[grade_id]
+                if exercise.notebook != path.name:
+                    raise LabError(f"{where}: exercise {grade_id} belongs to {exercise.notebook} in the registry")
+                exercises.append(Graded(exercise, _declared(meta, where)))
+            else:
+                raise LabError(f"{where}: the check cell {grade_id} has no exercise in the registry "
+                               "(labutils.checks.EXERCISES); add one, or remove grade: true from the cell")
+        if exercises or questions:
+            found[path.name] = LabNotebook(path.name, tuple(exercises), tuple(questions))
+    missing = sorted(set(by_id) - {g.exercise.grade_id for lab in found.values() for g in lab.exercises})
+    if missing:
+        raise LabError(f"{folder} has no check cell for the registry's exercise(s) {', '.join(missing)}")
     if not found:
-        raise LabError(f"{folder} holds no notebook with graded check cells (nbgrader metadata grade: true); "
+        raise LabError(f"{folder} holds no notebook with graded cells (nbgrader metadata grade: true); "
                        "pass the folder of the instructor's notebooks")
-    all_ids = [c.grade_id for _, checks in found.values() for c in checks]
-    if len(all_ids) != len(set(all_ids)):
-        raise LabError(f"the notebooks of {folder} share grade ids; each exercise needs its own grade_id")
     return found
+
+
+def default_registry() -> list[Exercise]:
+    """The lab's exercises: ``labutils.checks.EXERCISES`` (imported in the grader's process only)."""
+    try:
+        from .. import checks
+    except ImportError as error:
+        raise LabError(f"labutils.checks cannot be imported ({error})") from None
+    registry = getattr(checks, "EXERCISES", None)
+    if not isinstance(registry, (list, tuple)) or not all(isinstance(e, Exercise) for e in registry):
+        raise LabError("labutils.checks has no EXERCISES list of labutils.exercise.Exercise: the grader scores "
+                       "exercises from that registry")
+    return list(registry)
 
 
 # ---------------------------------------------------------------- which file is whose
@@ -229,124 +269,125 @@ def match_submission(path: Path, notebooks: list[str]) -> tuple[str, str] | None
     for name in sorted(notebooks, key=len, reverse=True):
         lab = Path(name).stem
         if stem == lab:
-            return path.resolve().parent.name, name
+            return path.absolute().parent.name, name
         if stem.endswith(lab) and stem[: -len(lab)][-1:] in ("_", "-", ".", " "):
             return stem[: -len(lab)].rstrip("_-. "), name
     return None
 
 
-def collect(submissions: list[Path], notebooks: list[str]) -> tuple[dict[str, dict[str, Path]], list[str]]:
-    """student -> {lab notebook -> submitted file}, and a line for each file skipped."""
-    files: list[Path] = []
+def _files(item: Path, skipped: list[str]) -> list[Path]:
+    """The notebooks of a submitted file or folder, symbolic links refused (not followed)."""
+    if item.is_symlink():
+        skipped.append(f"refused {item}: a symbolic link (submit the file itself)")
+        return []
+    if item.is_file():
+        return [item]
+    if not item.is_dir():
+        raise LabError(f"{item} does not exist; pass submitted notebooks or folders of them")
+    found = []
+    for root, dirs, names in os.walk(item, followlinks=False):
+        for name in sorted(dirs):
+            if Path(root, name).is_symlink():
+                skipped.append(f"refused {Path(root, name)}: a symbolic link (submit the folder itself)")
+        dirs[:] = sorted(d for d in dirs if d != ".ipynb_checkpoints" and not Path(root, d).is_symlink())
+        for name in sorted(names):
+            path = Path(root, name)
+            if name.endswith(".ipynb"):
+                if path.is_symlink():
+                    skipped.append(f"refused {path}: a symbolic link (submit the file itself)")
+                else:
+                    found.append(path)
+    if not found and not skipped:
+        raise LabError(f"{item} is a folder with no .ipynb files")
+    return found
+
+
+def collect(submissions: list[Path], notebooks: list[str]) -> tuple[dict[str, dict[str, list[Path]]], list[str]]:
+    """student -> {lab notebook -> the files that claim it (more than one: a conflict)}, and skipped files."""
+    skipped: list[str] = []
+    files: dict[Path, Path] = {}
     for item in map(Path, submissions):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-            if not found:
-                raise LabError(f"{item} is a folder with no .ipynb files")
-            files += found
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise LabError(f"{item} does not exist; pass submitted notebooks or folders of them")
-    students: dict[str, dict[str, Path]] = {}
-    skipped = []
-    for path in files:
+        for path in _files(item, skipped):
+            files.setdefault(path.resolve(), path)  # the same file given twice counts once
+    students: dict[str, dict[str, list[Path]]] = {}
+    for path in files.values():
         match = match_submission(path, notebooks)
         if match is None:
             skipped.append(f"skipped {path}: its name ends with none of {', '.join(notebooks)}")
             continue
         student, name = match
-        if name in students.setdefault(student, {}):
-            raise LabError(f"two submissions of {name} for {student}: {students[student][name]} and {path}; "
-                           "keep one")
-        students[student][name] = path
+        students.setdefault(student or "unnamed", {}).setdefault(name, []).append(path)
     return students, skipped
+
+
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    """Read a submitted file without following a symbolic link put in its place."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "r", encoding="utf-8") as f:
+        return nbformat.read(f, as_version=4)
 
 
 # ---------------------------------------------------------------- the notebook that runs
 
 
-def locked_cell(check: Check, token: str) -> nbformat.NotebookNode:
-    """The instructor's check cell, with the guard import first and the token print last."""
-    source = "\n".join(part for part in (check.guard, check.cell.source.rstrip(), f'print("{token}")') if part)
-    return nbformat.v4.new_code_cell(source, metadata=copy.deepcopy(dict(check.cell.metadata)))
-
-
-def graded_copy(submitted: nbformat.NotebookNode, checks: list[Check]) -> tuple[nbformat.NotebookNode, dict, list]:
-    """The submission without outputs, its check cells replaced by the locked ones.
-
-    Returns the notebook, grade_id -> (cell index, token), and notes on restored cells.
-    """
-    nb = nbformat.v4.new_notebook(metadata=copy.deepcopy(dict(submitted.get("metadata", {}))))
+def runnable_copy(submitted: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, list[str]]:
+    """The submission's cells without outputs; malformed cells left out."""
+    metadata = submitted.get("metadata")
+    nb = nbformat.v4.new_notebook(metadata=copy.deepcopy(dict(metadata)) if isinstance(metadata, dict) else {})
     nb.metadata.pop("widgets", None)
-    by_id = {c.grade_id: c for c in checks}
-    tokens = {c.grade_id: secrets.token_hex(16) for c in checks}
-    placed, notes = set(), []
-    for cell in submitted.get("cells", []):
-        grade_id = _nbgrader(cell).get("grade_id")
-        if grade_id in by_id:
-            if grade_id not in placed:  # a duplicated check cell is dropped
-                placed.add(grade_id)
-                if cell.get("source", "").strip() != by_id[grade_id].cell.source.strip():
-                    notes.append(f"the check cell {grade_id} was edited; the instructor's version was run")
-                nb.cells.append(locked_cell(by_id[grade_id], tokens[grade_id]))
-            continue
-        if cell.get("cell_type") not in ("code", "markdown", "raw") or not isinstance(cell.get("source"), str):
+    notes = []
+    cells = submitted.get("cells")
+    for cell in cells if isinstance(cells, list) else []:
+        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw") \
+                or not isinstance(cell.get("source"), str):
             notes.append("a malformed cell was left out")
             continue
-        cell = copy.deepcopy(cell)
-        cell.metadata = cell.get("metadata") if isinstance(cell.get("metadata"), dict) else {}
-        cell.metadata.pop("execution", None)
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-        nb.cells.append(cell)
-    for check in checks:
-        if check.grade_id in placed:
-            continue
-        ids = [_nbgrader(c).get("grade_id") for c in nb.cells]
-        position = ids.index(check.after) + 1 if check.after in ids else len(nb.cells)
-        nb.cells.insert(position, locked_cell(check, tokens[check.grade_id]))
-        notes.append(f"the check cell {check.grade_id} was missing; the instructor's version was inserted")
-    index = {_nbgrader(c).get("grade_id"): n for n, c in enumerate(nb.cells) if c.cell_type == "code"}
-    return nb, {g: (index[g], t) for g, t in tokens.items()}, notes
+        new = nbformat.v4.new_code_cell(cell["source"]) if cell["cell_type"] == "code" else \
+            nbformat.v4.new_markdown_cell(cell["source"]) if cell["cell_type"] == "markdown" else \
+            nbformat.v4.new_raw_cell(cell["source"])
+        meta = nbgrader(cell)
+        if meta:
+            new.metadata["nbgrader"] = {"grade_id": meta["grade_id"], "solution": bool(meta.get("solution"))}
+        nb.cells.append(new)
+    return nb, notes
 
 
 class _GraderClient(NotebookClient):
-    """nbclient, with a cap on each cell's output and a record of the cells that ran past the timeout."""
+    """nbclient, with caps on output and figures, and a record of the cells that ran past the timeout."""
 
-    def __init__(self, nb: nbformat.NotebookNode, run: Run, watch: set[str], **kw: object) -> None:
+    def __init__(self, nb: nbformat.NotebookNode, run: Run, sizes: dict, **kw: object) -> None:
         super().__init__(nb, **kw)
-        self.run, self.watch = run, watch
-        self.sizes: dict[tuple[int, str], int] = {}  # (cell, "text" or "figures") -> characters received
+        self.run, self.sizes = run, sizes  # sizes: (cell, "text") and "figures" -> characters received
         self.on_cell_executed = self._executed
 
     def output(self, outs, msg, display_id, cell_index):  # type: ignore[no-untyped-def]
         content = msg.get("content", {})
-        data = content.get("data", {})
-        kind = "figures" if any(mime.startswith("image/") for mime in data) else "text"
-        size = len(content.get("text", "")) + sum(len(str(v)) for v in data.values())
-        key = (cell_index, kind)
+        data = content.get("data", {}) if isinstance(content.get("data"), dict) else {}
+        figure = any(str(mime).startswith("image/") for mime in data)
+        size = len(str(content.get("text", ""))) + sum(len(str(v)) for v in data.values())
+        key = "figures" if figure else (cell_index, "text")
         self.sizes[key] = self.sizes.get(key, 0) + size
-        if self.sizes[key] > CAPS[kind] and msg["msg_type"] != "error":
-            self.run.seen.setdefault(cell_index, []).extend(  # the check's PASS line and token still count
-                line for line in content.get("text", "").splitlines() if line.startswith("PASS") or line in self.watch
-            )
+        if self.sizes[key] > (FIGURES_CAP if figure else OUTPUT_CAP) and msg["msg_type"] != "error":
             return None
         return super().output(outs, msg, display_id, cell_index)
 
     def _executed(self, cell, cell_index, execute_reply):  # type: ignore[no-untyped-def]
-        for kind, cap in CAPS.items():
-            if self.sizes.get((cell_index, kind), 0) > cap:
-                note = f"cell {cell_index + 1} output more than {cap} characters of {kind}: the rest was cut"
-                self.run.notes.append(note)
-                cell.outputs.append(nbformat.v4.new_output("stream", name="stderr", text=f"\n[grader: {note}]\n"))
+        if self.sizes.get((cell_index, "text"), 0) > OUTPUT_CAP:
+            note = f"cell {cell_index + 1} printed more than {OUTPUT_CAP} characters: the rest was cut"
+            self.run.notes.append(note)
+            cell.outputs.append(nbformat.v4.new_output("stream", name="stderr", text=f"\n[grader: {note}]\n"))
+            self.sizes[(cell_index, "text")] = 0
+        if self.sizes.get("figures", 0) > FIGURES_CAP and not self.sizes.get("figures noted"):
+            self.sizes["figures noted"] = 1
+            self.run.notes.append(f"the figures passed {FIGURES_CAP} characters in cell {cell_index + 1}: "
+                                  "later figures were left out")
         content = (execute_reply or {}).get("content", {})
         if content.get("ename") == TIMEOUT_ERROR:
             self.run.timed_out.add(cell_index)
             cell.outputs.append(nbformat.v4.new_output(
                 "error", ename=TIMEOUT_ERROR, evalue=content["evalue"], traceback=[content["evalue"]]))
 
-    async def responsive(self, seconds: int) -> bool:
+    async def responsive(self, seconds: float) -> bool:
         """Whether the kernel answers a trivial request within ``seconds`` (after an interrupt)."""
         saved, self.timeout = self.timeout, seconds
         try:
@@ -356,77 +397,128 @@ class _GraderClient(NotebookClient):
             self.timeout = saved
 
 
-def kernel_env() -> dict[str, str]:
-    """The students' kernels' environment: ours, untrained weights unless LABUTILS_WEIGHTS says otherwise."""
-    env = dict(os.environ)
-    env.setdefault("LABUTILS_WEIGHTS", "random")
-    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    return env
+@dataclass
+class Settings:
+    """One grading run's settings."""
+
+    timeout: int
+    budget: int
+    kernel: KernelSetup
+    plain_env: dict[str, str]  # the kernel's environment without a sandbox
 
 
-async def execute(nb: nbformat.NotebookNode, run: Run, workdir: Path, timeout: int, env: dict[str, str]) -> None:
+async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: Settings) -> None:
     """Run every code cell of ``nb`` in place; a new kernel takes over after a crash or a stuck cell."""
-    watch = {token for _, token in run.tokens.values()}
-    start, kernels = 0, 0
+    start, kernels, sizes = 0, 0, {}
     code = [n for n, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
-    while start < len(nb.cells):
-        if kernels == KERNEL_STARTS:
-            for n in (n for n in code if n >= start):
-                run.not_run[n] = f"not run: {KERNEL_STARTS} kernels died or got stuck in this notebook"
-            return
-        kernels += 1
-        client = _GraderClient(
-            nb, run, watch, timeout=timeout, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
-            error_on_timeout={"ename": TIMEOUT_ERROR, "evalue": f"stopped: the cell ran longer than {timeout} s",
-                              "traceback": []},
-            record_timing=False, resources={"metadata": {"path": str(workdir)}},
-        )  # fmt: skip
-        index = start
-        try:
-            async with client.async_setup_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
-                for index in range(start, len(nb.cells)):
-                    await client.async_execute_cell(nb.cells[index], index, execution_count=index + 1)
-                    if index in run.timed_out and not await client.responsive(min(timeout, 10)):
-                        run.notes.append(f"cell {index + 1} ran past the timeout and the kernel did not recover "
-                                         "from the interrupt: a new kernel ran the cells after it")
-                        break
-                else:
-                    return
-        except DeadKernelError:
-            run.notes.append(f"the kernel died in cell {index + 1}; a new kernel ran the cells after it "
-                             "(without what the earlier cells defined)")
-            nb.cells[index].outputs.append(nbformat.v4.new_output(
-                "error", ename="DeadKernelError", evalue="the kernel died while running this cell", traceback=[]))
-        except Exception as error:  # the kernel did not start, a broken connection...
-            if index == start and not client.kc:
+    deadline = time.monotonic() + settings.budget
+    cgroup = make_cgroup(settings.kernel.limits) if settings.kernel.sandboxed and settings.kernel.cgroups else None
+    try:
+        while start < len(nb.cells):
+            if kernels == KERNEL_STARTS or time.monotonic() >= deadline:
+                why = f"{KERNEL_STARTS} kernels died or got stuck in this notebook" if kernels == KERNEL_STARTS \
+                    else f"the notebook's time budget of {settings.budget} s was used up"
                 for n in (n for n in code if n >= start):
-                    run.not_run[n] = f"not run: the kernel did not start ({type(error).__name__}: {error})"
-                run.notes.append(f"the kernel did not start: {type(error).__name__}: {error}")
+                    run.not_run[n] = f"not run: {why}"
+                run.notes.append(f"cells from {start + 1} on were not run: {why}")
                 return
-            run.notes.append(f"execution stopped in cell {index + 1}: {type(error).__name__}: {error}")
-        start = index + 1
+            kernels += 1
+            km = kernel_manager(settings.kernel, rundir, cgroup, kernels)
+            client = _GraderClient(
+                nb, run, sizes, km=km, timeout=settings.timeout, kernel_name="python3", allow_errors=True,
+                interrupt_on_timeout=True, record_timing=False, resources={"metadata": {"path": str(rundir)}},
+                error_on_timeout={"ename": TIMEOUT_ERROR, "evalue": "stopped: the cell ran out of time",
+                                  "traceback": []},
+            )  # fmt: skip
+            index = start
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            try:
+                async with client.async_setup_kernel(**({"env": settings.plain_env} if km is None else {}), **quiet):
+                    for index in range(start, len(nb.cells)):
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        client.timeout = max(1, int(min(settings.timeout, left)))
+                        client.error_on_timeout = {"ename": TIMEOUT_ERROR, "traceback": [], "evalue":
+                                                   f"stopped: the cell ran longer than {client.timeout} s"}
+                        await client.async_execute_cell(nb.cells[index], index, execution_count=index + 1)
+                        if index in run.timed_out and not await client.responsive(min(settings.timeout, 10)):
+                            run.notes.append(f"cell {index + 1} ran past the timeout and the kernel did not recover "
+                                             "from the interrupt: a new kernel ran the cells after it")
+                            break
+                    else:
+                        return
+                    if time.monotonic() >= deadline:
+                        start = index
+                        continue
+            except DeadKernelError:
+                oom = cgroup is not None and cgroup.oom_killed()
+                why = f"ran out of memory (limit {settings.kernel.limits.memory / 2**30:g} GiB)" if oom else "died"
+                run.notes.append(f"the kernel {why} in cell {index + 1}; a new kernel ran the cells after it "
+                                 "(without what the earlier cells defined)")
+                nb.cells[index].outputs.append(nbformat.v4.new_output(
+                    "error", ename="DeadKernelError", evalue=f"the kernel {why} while running this cell",
+                    traceback=[]))
+            except Exception as error:  # the kernel did not start, a broken connection...
+                if index == start and not client.kc:
+                    for n in (n for n in code if n >= start):
+                        run.not_run[n] = f"not run: the kernel did not start ({type(error).__name__}: {error})"
+                    run.notes.append(f"the kernel did not start: {type(error).__name__}: {error}")
+                    return
+                run.notes.append(f"execution stopped in cell {index + 1}: {type(error).__name__}: {error}")
+            start = index + 1
+    finally:
+        if cgroup is not None:
+            await asyncio.get_running_loop().run_in_executor(None, cgroup.remove)
 
 
-async def grade_notebook(student: str, name: str, path: Path, checks: list[Check], timeout: int,
-                         env: dict[str, str]) -> Run:
-    """Read, prepare and execute one submitted notebook (never raises for what the submission does)."""
+async def score_notebook(submitted: nbformat.NotebookNode, lab: LabNotebook, run: Run, pool: ScoringPool) -> None:
+    """Score each exercise of the notebook from the solution cells of the grader's own copy."""
+    cells = [c for c in submitted.get("cells", []) if isinstance(c, dict)] \
+        if isinstance(submitted.get("cells"), list) else []
+    for graded in lab.exercises:
+        exercise = graded.exercise
+        where = [n for n, c in enumerate(cells) if nbgrader(c).get("grade_id") == exercise.solution_grade_id
+                 and c.get("cell_type") == "code" and isinstance(c.get("source"), str)]
+        if not where:
+            run.verdicts[exercise.grade_id] = Verdict(False, f"no solution cell {exercise.solution_grade_id} in "
+                                                             "this notebook (made from an older handout?)")
+            continue
+        if len(where) > 1:
+            run.notes.append(f"{len(where)} cells claim to be the solution {exercise.solution_grade_id}: the first "
+                             "was scored")
+        code = cells[where[0]]["source"]
+        prelude = import_lines([c["source"] for c in cells[: where[0]] if c.get("cell_type") == "code"
+                                and isinstance(c.get("source"), str)])
+        run.verdicts[exercise.grade_id] = await pool.score(exercise, code, prelude)
+        if copies_reference(code, exercise):
+            run.copied.add(exercise.grade_id)
+    for question in lab.questions:
+        answers = [c["source"] for c in cells if nbgrader(c).get("grade_id") == question.grade_id
+                   and isinstance(c.get("source"), str)]
+        run.answers[question.grade_id] = answers[0] if answers else "(no answer cell: deleted, or an older handout)"
+
+
+async def grade_notebook(name: str, paths: list[Path], lab: LabNotebook, settings: Settings,
+                         pool: ScoringPool) -> Run:
+    """Read, score and execute one submitted notebook (never raises for what the submission does)."""
     began = time.monotonic()
+    if len(paths) > 1:
+        return Run(name, None, [f"{len(paths)} files claim this notebook: {', '.join(map(str, paths))}; none was "
+                                "graded (keep one, then grade again with --regrade)"])
     try:
-        submitted = nbformat.read(path, as_version=4)
+        submitted = read_notebook(paths[0])
     except Exception as error:
-        return Run(name, None, {}, [f"{path.name} could not be read as a notebook: {type(error).__name__}: "
-                                    f"{' '.join(str(error).split())[:300]}"])
+        return Run(name, None, [f"{paths[0].name} could not be read as a notebook: {type(error).__name__}: "
+                                f"{' '.join(str(error).split())[:300]}"])
+    nb, notes = runnable_copy(submitted)
+    run = Run(name, nb, notes)
+    rundir = Path(tempfile.mkdtemp(prefix="labutils-kernel-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK)
+                                   else None))
     try:
-        nb, tokens, notes = graded_copy(submitted, checks)
-    except Exception as error:  # cells without the fields every notebook has
-        return Run(name, None, {}, [f"{path.name} is not a valid notebook: {type(error).__name__}: {error}"])
-    run = Run(name, nb, tokens, notes)
-    with tempfile.TemporaryDirectory(prefix="grade-", ignore_cleanup_errors=True) as workdir:
-        try:
-            nbformat.write(nb, Path(workdir) / name)  # the copy the kernel's working folder holds
-        except Exception:  # a malformed notebook still runs: the copy on disk is only for the student's code
-            pass
-        await execute(nb, run, Path(workdir), timeout, env)
+        await asyncio.gather(execute(nb, run, rundir, settings), score_notebook(submitted, lab, run, pool))
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
     run.seconds = time.monotonic() - began
     return run
 
@@ -441,68 +533,57 @@ def _first_line(text: str, limit: int = 400) -> str:
 
 def _error_line(out: nbformat.NotebookNode) -> str:
     evalue = _first_line(out.get("evalue", ""))
-    return f"{out.get('ename', 'Error')}: {evalue}" if evalue else out.get("ename", "Error")
+    return f"{out.get('ename', 'Error')}: {evalue}" if evalue else str(out.get("ename", "Error"))
 
 
-def score(run: Run, checks: list[Check]) -> list[ExerciseResult]:
-    """Each check of the notebook: passed (points) or not (0, and why)."""
-    results = []
-    for check in checks:
-        def result(passed: bool, message: str) -> ExerciseResult:
-            return ExerciseResult(check.grade_id, run.notebook, check.points if passed else 0.0, check.points,
-                                  passed, message)
-
-        if run.nb is None:
-            results.append(result(False, run.notes[0] if run.notes else "not graded"))
-            continue
-        index, token = run.tokens[check.grade_id]
-        cell = run.nb.cells[index]
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
-        lines = [line.strip() for line in text.splitlines()] + run.seen.get(index, [])
-        passes = [line for line in lines if line.startswith("PASS")]
-        if index in run.not_run:
-            results.append(result(False, run.not_run[index]))
-        elif index in run.timed_out:
-            results.append(result(False, _error_line(next(o for o in errors if o.ename == TIMEOUT_ERROR))))
-        elif errors:
-            results.append(result(False, _error_line(errors[-1])))
-        elif token in lines and passes:
-            results.append(result(True, passes[-1]))
-        elif cell.execution_count is None:
-            results.append(result(False, "the check cell did not run"))
-        else:
-            results.append(result(False, "the check printed no PASS line"))
-    return results
+def score(run: Run, lab: LabNotebook) -> tuple[list[ExerciseResult], list[QuestionResult]]:
+    """Each exercise of the notebook: passed (points) or not (0, and why); each written answer."""
+    exercises = []
+    for graded in lab.exercises:
+        grade_id = graded.exercise.grade_id
+        found = run.verdicts.get(grade_id) or Verdict(False, run.notes[0] if run.notes else "not graded")
+        exercises.append(ExerciseResult(grade_id, lab.name, graded.points if found.passed else 0.0, graded.points,
+                                        found.passed, found.message, grade_id in run.copied))
+    questions = [QuestionResult(q.grade_id, lab.name, q.points, run.answers.get(q.grade_id, "(not submitted)"),
+                                q.scheme) for q in lab.questions]
+    return exercises, questions
 
 
-def not_submitted(name: str, checks: list[Check]) -> list[ExerciseResult]:
-    return [ExerciseResult(c.grade_id, name, 0.0, c.points, False, f"{name} was not submitted") for c in checks]
+def not_submitted(lab: LabNotebook) -> tuple[list[ExerciseResult], list[QuestionResult]]:
+    return ([ExerciseResult(g.exercise.grade_id, lab.name, 0.0, g.points, False, f"{lab.name} was not submitted")
+             for g in lab.exercises],
+            [QuestionResult(q.grade_id, lab.name, q.points, "(not submitted)", q.scheme) for q in lab.questions])
 
 
-# ---------------------------------------------------------------- reports
+# ---------------------------------------------------------------- files
 
 
 def _points(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def write_csv(results: list[GradeResult], grade_ids: list[str], path: Path) -> None:
-    """grades.csv: student, one column of points per exercise, total, max."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["student", *grade_ids, "total", "max"])
-    for r in results:
-        earned = {e.grade_id: e.points for e in r.exercises}
-        writer.writerow([r.student, *(_points(earned.get(g, 0.0)) for g in grade_ids), _points(r.total),
-                         _points(r.max_points)])
-    _write_text(path, buffer.getvalue())
+def spreadsheet_safe(value: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading ' before =, +, -, @, tab or CR (OWASP)."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def from_spreadsheet(value: str) -> str:
+    """The value :func:`spreadsheet_safe` protected."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_START) else value
+
+
+def file_name(student: str) -> str:
+    """A file name for the student's files: the id if it is plain, else a cleaned id and a hash (no traversal)."""
+    base = re.sub(r"[^\w.-]+", "_", student).strip("._")[:80] or "student"
+    if base != student or base.lower() in ("grades", "results", "marks", "marks-template"):
+        base += "-" + hashlib.sha256(student.encode()).hexdigest()[:10]
+    return base
 
 
 def _write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -511,15 +592,110 @@ def _write_text(path: Path, text: str) -> None:
         raise
 
 
+def load_results(out_dir: Path) -> dict[str, GradeResult]:
+    """The students graded so far in ``out_dir`` (``results/*.json``)."""
+    found = {}
+    for path in sorted((out_dir / "results").glob("*.json")):
+        try:
+            result = GradeResult.from_json(json.loads(path.read_text(encoding="utf-8")), out_dir)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise LabError(f"{path} is not a result the grader wrote ({type(error).__name__}); delete it and "
+                           "grade that student again") from None
+        found[result.student] = result
+    return found
+
+
+def write_csv(results: list[GradeResult], path: Path) -> None:
+    """grades.csv: student, points per exercise, marks per written answer (empty until marked), total, max."""
+    exercise_ids = list(dict.fromkeys(e.grade_id for r in results for e in r.exercises))
+    question_ids = list(dict.fromkeys(q.grade_id for r in results for q in r.questions))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([spreadsheet_safe(c) for c in ["student", *exercise_ids, *question_ids, "total", "max"]])
+    for r in sorted(results, key=lambda r: r.student):
+        earned = {e.grade_id: _points(e.points) for e in r.exercises}
+        marked = {q.grade_id: "" if q.points is None else _points(q.points) for q in r.questions}
+        writer.writerow([spreadsheet_safe(r.student), *(earned.get(g, "") for g in exercise_ids),
+                         *(marked.get(g, "") for g in question_ids), _points(r.total), _points(r.max_points)])
+    _write_text(path, buffer.getvalue())
+
+
+def write_marks_template(results: list[GradeResult], path: Path) -> None:
+    """marks-template.csv: one row per student and written answer, points left empty for the instructor."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["student", "question", "points", "max", "comment"])
+    for r in sorted(results, key=lambda r: r.student):
+        for q in r.questions:
+            writer.writerow([spreadsheet_safe(r.student), spreadsheet_safe(q.grade_id),
+                             "" if q.points is None else _points(q.points), _points(q.max_points), ""])
+    _write_text(path, buffer.getvalue())
+
+
+def save(result: GradeResult, runs: dict[str, Run], out_dir: Path) -> None:
+    """The student's report and result file; a report that cannot be written becomes a note."""
+    try:
+        _write_text(result.report, report_html(result, runs))
+    except Exception as error:
+        result.notes.append(f"the report could not be written: {type(error).__name__}: {error}")
+        _write_text(result.report, report_html(result, {}))
+    (out_dir / "results").mkdir(exist_ok=True)
+    _write_text(out_dir / "results" / f"{result.report.stem}.json", json.dumps(result.to_json(), indent=1))
+
+
+def merge_marks(marks: Path, out_dir: Path) -> list[GradeResult]:
+    """Merge manual marks into ``out_dir``'s results and rewrite grades.csv; no notebook is run.
+
+    ``marks`` is a CSV with a header row and the columns ``student,question,points`` (more columns,
+    e.g. ``max`` and ``comment`` of ``marks-template.csv``, are ignored); an empty ``points`` leaves
+    that answer unmarked. Every row is checked before anything is written.
+    """
+    out_dir = Path(out_dir)
+    results = load_results(out_dir)
+    if not results:
+        raise LabError(f"{out_dir} holds no graded students (results/*.json); grade the submissions first")
+    try:
+        rows = list(csv.DictReader(Path(marks).read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise LabError(f"--marks {marks}: not a readable CSV file ({error})") from None
+    if rows and not {"student", "question", "points"} <= set(rows[0]):
+        raise LabError(f"--marks {marks}: the header must name the columns student, question, points")
+    updates = []
+    for n, row in enumerate(rows, start=2):
+        student, question = from_spreadsheet(row["student"] or ""), from_spreadsheet(row["question"] or "")
+        text = (row["points"] or "").strip()
+        if student not in results:
+            raise LabError(f"--marks {marks}, line {n}: no graded student {student!r} in {out_dir}")
+        found = [q for q in results[student].questions if q.grade_id == question]
+        if not found:
+            raise LabError(f"--marks {marks}, line {n}: {student} has no written answer {question!r}")
+        try:
+            value = None if text == "" else float(text)
+        except ValueError:
+            raise LabError(f"--marks {marks}, line {n}: points {text!r} is not a number") from None
+        if value is not None and not 0 <= value <= found[0].max_points:
+            raise LabError(f"--marks {marks}, line {n}: {value:g} points is outside 0..{found[0].max_points:g}")
+        updates.append((found[0], value))
+    for question, value in updates:
+        question.points = value
+    for result in results.values():
+        _write_text(out_dir / "results" / f"{result.report.stem}.json", json.dumps(result.to_json(), indent=1))
+    write_csv(list(results.values()), out_dir / "grades.csv")
+    return list(results.values())
+
+
+# ---------------------------------------------------------------- reports
+
+
 STYLE = """body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
-.pass{color:#176317;font-weight:bold}.fail{color:#b00020;font-weight:bold}
-pre{background:#f6f6f6;padding:.6em;overflow-x:auto}figure{display:inline-block;margin:.5em}
+.pass{color:#176317;font-weight:bold}.fail{color:#b00020;font-weight:bold}.flag{color:#8a5a00;font-weight:bold}
+pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}figure{display:inline-block;margin:.5em}
 img{max-width:100%;border:1px solid #ddd}figcaption{font-size:small;color:#555}"""
 
 
 def report_html(result: GradeResult, runs: dict[str, Run]) -> str:
-    """One student's report: scores, error lines, notes, solution code and figures, in plain HTML."""
+    """One student's report: scores, flags, written answers and mark schemes, notes, code, figures (escaped)."""
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(result.student)}: grading report"
              f"</title><style>{STYLE}</style></head><body>",
@@ -527,9 +703,19 @@ def report_html(result: GradeResult, runs: dict[str, Run]) -> str:
              "<table><tr><th>notebook</th><th>exercise</th><th>points</th><th>result</th><th>message</th></tr>"]
     for x in result.exercises:
         verdict = "<span class='pass'>PASS</span>" if x.passed else "<span class='fail'>FAIL</span>"
+        flag = ("<br><span class='flag'>FLAG: the solution is the reference implementation's code "
+                "(normalised); judge it yourself</span>") if x.copied else ""
         parts.append(f"<tr><td>{e(x.notebook)}</td><td>{e(x.grade_id)}</td><td>{_points(x.points)} / "
-                     f"{_points(x.max_points)}</td><td>{verdict}</td><td>{e(x.message)}</td></tr>")
+                     f"{_points(x.max_points)}</td><td>{verdict}</td><td>{e(x.message)}{flag}</td></tr>")
     parts.append("</table>")
+    if result.questions:
+        parts.append("<h2>Written answers (marked by hand: marks-template.csv)</h2><table><tr><th>question</th>"
+                     "<th>answer</th><th>mark scheme</th><th>points</th></tr>")
+        for q in result.questions:
+            marked = "not marked yet" if q.points is None else _points(q.points)
+            parts.append(f"<tr><td>{e(q.notebook)}<br>{e(q.grade_id)}</td><td><pre>{e(q.answer)}</pre></td>"
+                         f"<td><pre>{e(q.scheme)}</pre></td><td>{marked} / {_points(q.max_points)}</td></tr>")
+        parts.append("</table>")
     if result.notes:
         parts.append("<h2>What happened</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in result.notes) + "</ul>")
     for name, run in runs.items():
@@ -537,15 +723,15 @@ def report_html(result: GradeResult, runs: dict[str, Run]) -> str:
         if run.nb is None:
             parts.append("<p>Not graded (see above).</p>")
             continue
-        checks = {index for index, _ in run.tokens.values()}
-        errors = [(n, o) for n, c in enumerate(run.nb.cells) if n not in checks and c.cell_type == "code"
+        errors = [(n, o) for n, c in enumerate(run.nb.cells) if c.cell_type == "code"
                   for o in c.outputs if o.output_type == "error"]
         if errors:
-            parts.append("<h3>Errors in the other cells</h3><ul>" + "".join(
+            parts.append("<h3>Errors while the notebook ran</h3><ul>" + "".join(
                 f"<li>cell {n + 1}: {e(_error_line(o))}</li>" for n, o in errors) + "</ul>")
-        solutions = [c for c in run.nb.cells if _nbgrader(c).get("solution")]
-        for cell in solutions:
-            parts.append(f"<h3>{e(_nbgrader(cell).get('grade_id', 'answer'))}</h3><pre>{e(cell.source)}</pre>")
+        for cell in run.nb.cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if meta.get("solution") and cell.cell_type == "code":
+                parts.append(f"<h3>{e(meta.get('grade_id', 'answer'))}</h3><pre>{e(cell.source)}</pre>")
         figures = [(n, out) for n, c in enumerate(run.nb.cells) if c.cell_type == "code" for out in c.outputs
                    if out.output_type in ("display_data", "execute_result")
                    and ("image/png" in out.get("data", {}) or "image/jpeg" in out.get("data", {}))]
@@ -563,16 +749,6 @@ def report_html(result: GradeResult, runs: dict[str, Run]) -> str:
     return "\n".join(parts)
 
 
-def _file_name(student: str, taken: set[str]) -> str:
-    base = re.sub(r"[^\w.-]+", "_", student).strip("._") or "student"
-    name, n = f"{base}.html", 1
-    while name in taken or name == "grades.html":
-        n += 1
-        name = f"{base}_{n}.html"
-    taken.add(name)
-    return name
-
-
 # ---------------------------------------------------------------- the whole run
 
 
@@ -581,17 +757,28 @@ def grade(
     out_dir: Path,
     *,
     timeout: int = 120,
+    budget: int = 900,
     instructor_dir: Path = REPO_ROOT / "notebooks",
+    registry: Optional[list[Exercise]] = None,
     jobs: int = 1,
+    sandbox: bool = True,
+    memory: float = 4.0,
+    regrade: tuple[str, ...] = (),
+    readable: tuple[Path, ...] = (),
     progress: bool = True,
 ) -> list[GradeResult]:
-    """Grade every submission (files or folders of .ipynb); write ``grades.csv`` and one HTML report each.
+    """Grade every submission (files or folders of .ipynb); write reports, results and ``grades.csv``.
 
-    ``timeout`` is per cell, in seconds; ``jobs`` notebooks run at a time (each in its own kernel).
+    ``timeout`` is per cell and ``budget`` per notebook, in seconds; ``jobs`` notebooks run at a time;
+    ``memory`` GiB per sandbox. Students already graded in ``out_dir`` are skipped unless in ``regrade``.
+    ``readable``: more folders the kernels may read (e.g. a module the notebooks import).
     """
-    if timeout < 1 or jobs < 1:
-        raise LabError(f"--timeout and --jobs must be at least 1, got {timeout} and {jobs}")
-    lab = instructor_notebooks(Path(instructor_dir))
+    if timeout < 1 or jobs < 1 or budget < 1 or not memory > 0:
+        raise LabError(f"--timeout, --budget and --jobs must be at least 1 and --memory above 0, got {timeout}, "
+                       f"{budget}, {jobs} and {memory}")
+    if sandbox and not bwrap_works():
+        raise LabError(INSTALL_HINT)
+    lab = lab_notebooks(Path(instructor_dir), default_registry() if registry is None else list(registry))
     students, skipped = collect([Path(s) for s in submissions], list(lab))
     for line in skipped:
         tqdm.write(line, file=sys.stderr)
@@ -600,45 +787,92 @@ def grade(
                        f"e.g. alice_{next(iter(lab))} or alice/{next(iter(lab))}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = kernel_env()
-    if jobs > 1:
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    tasks = [(s, name, path) for s in sorted(students) for name, path in students[s].items()]
-    runs = run_sync(_run_all)(tasks, lab, timeout, env, jobs, progress)
-    results, taken = [], set()
-    for student in sorted(students):
-        mine = {name: runs[(student, name)] for name in lab if (student, name) in runs}
-        exercises, notes = [], []
-        for name, (_, checks) in lab.items():
-            if name in mine:
-                exercises += score(mine[name], checks)
-                notes += [f"{name}: {note}" for note in mine[name].notes]
-            else:
-                exercises += not_submitted(name, checks)
-        result = GradeResult(student, exercises, out_dir / _file_name(student, taken), notes,
-                             sum(r.seconds for r in mine.values()))
-        _write_text(result.report, report_html(result, mine))
-        results.append(result)
-    write_csv(results, [c.grade_id for _, checks in lab.values() for c in checks], out_dir / "grades.csv")
-    return results
+    done = load_results(out_dir)
+    unknown = sorted(set(regrade) - set(students))
+    if unknown:
+        raise LabError(f"--regrade {', '.join(unknown)}: no such student among the submissions")
+    todo = sorted(s for s in students if s not in done or s in regrade)
+    if not sandbox:
+        tqdm.write(NO_SANDBOX_WARNING, file=sys.stderr)
+    limits = Limits(memory=int(memory * 2**30))
+    cgroups = sandbox and cgroups_work(limits)
+    if sandbox and not cgroups:
+        tqdm.write("warning: no writable cgroup here (run as root, or delegate one): memory is limited per process "
+                   "(RLIMIT_DATA), the number of processes is not", file=sys.stderr)
+    _fetch_samples()
+    hidden = [REPO_ROOT.resolve(), out_dir.resolve(), Path(instructor_dir).resolve(),
+              *{Path(s).resolve() for s in submissions}]
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    plain_env = {**os.environ, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    plain_env.setdefault("LABUTILS_WEIGHTS", "random")
+    plain_env.setdefault("OMP_NUM_THREADS", threads)
+    settings = Settings(timeout, budget, KernelSetup(sandbox, limits, hidden, [Path(p) for p in readable],
+                                                     {"OMP_NUM_THREADS": threads}, cgroups), plain_env)
+    pool_setup = ScoringSetup(sandbox, Limits(memory=int(min(memory, 2.0) * 2**30)), hidden, cgroups, 1)
+    results = run_sync(_run_all)(todo, students, lab, settings, pool_setup, jobs, out_dir, done, progress)
+    return [results[s] for s in sorted(students) if s in results]
 
 
-async def _run_all(tasks: list[tuple[str, str, Path]], lab: dict, timeout: int, env: dict[str, str], jobs: int,
-                   progress: bool) -> dict[tuple[str, str], Run]:
-    """Execute the submitted notebooks, ``jobs`` at a time."""
+def _fetch_samples() -> None:
+    """Get the sample images before any sandbox starts (the sandboxes have no network)."""
+    try:
+        from ..data import sample_images, sample_path
+
+        for sample in sample_images():
+            sample_path(sample.name, progress=False)
+    except Exception as error:
+        tqdm.write(f"warning: the sample images are not all here ({' '.join(str(error).split())[:200]}); "
+                   "notebooks that load them will fail: run python -m labutils fetch", file=sys.stderr)
+
+
+async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook], settings: Settings,
+                   pool_setup: ScoringSetup, jobs: int, out_dir: Path, done: dict[str, GradeResult],
+                   progress: bool) -> dict[str, GradeResult]:
+    """Grade the students of ``todo``, ``jobs`` notebooks at a time; save each one as soon as it is known."""
     slots = asyncio.Semaphore(jobs)
-    bar = tqdm(total=len(tasks), desc="grading", unit="notebook", disable=not progress)
+    pool = ScoringPool(pool_setup)
+    results = dict(done)
+    saving = asyncio.Lock()
+    total = sum(len(students[s]) for s in todo)
+    bar = tqdm(total=total, desc="grading", unit="notebook", disable=not progress)
 
-    async def one(student: str, name: str, path: Path) -> tuple[tuple[str, str], Run]:
+    async def notebook(name: str, paths: list[Path]) -> Run:
         async with slots:
             try:
-                run = await grade_notebook(student, name, path, lab[name][1], timeout, env)
+                return await grade_notebook(name, paths, lab[name], settings, pool)
             except Exception as error:  # whatever went wrong, the other notebooks are still graded
-                run = Run(name, None, {}, [f"grading {path.name} failed: {type(error).__name__}: {error}"])
-        bar.update()
-        return (student, name), run
+                return Run(name, None, [f"grading {name} failed: {type(error).__name__}: {error}"])
+            finally:
+                bar.update()
+
+    async def student(sid: str) -> None:
+        mine = students[sid]
+        names = [name for name in lab if name in mine]
+        runs = dict(zip(names, await asyncio.gather(*(notebook(n, mine[n]) for n in names))))
+        exercises, questions, notes = [], [], []
+        for name, notebook_lab in lab.items():
+            if name in runs:
+                found, answers = score(runs[name], notebook_lab)
+                notes += [f"{name}: {note}" for note in runs[name].notes]
+            else:
+                found, answers = not_submitted(notebook_lab)
+            exercises += found
+            questions += answers
+        result = GradeResult(sid, exercises, out_dir / f"{file_name(sid)}.html", notes,
+                             sum(r.seconds for r in runs.values()), questions)
+        async with saving:
+            try:
+                save(result, runs, out_dir)
+            except Exception as error:
+                result.notes.append(f"saving failed: {type(error).__name__}: {error}")
+            results[sid] = result
+            write_csv(list(results.values()), out_dir / "grades.csv")
 
     try:
-        return dict(await asyncio.gather(*(one(*task) for task in tasks)))
+        await asyncio.gather(*(student(s) for s in todo))
     finally:
         bar.close()
+        await pool.close()
+    write_csv(list(results.values()), out_dir / "grades.csv")
+    write_marks_template(list(results.values()), out_dir / "marks-template.csv")
+    return results
