@@ -433,7 +433,8 @@ async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: S
             index = start
             quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
             try:
-                async with client.async_setup_kernel(**({"env": settings.plain_env} if km is None else {}), **quiet):
+                env = settings.plain_env if km is None else {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+                async with client.async_setup_kernel(env=env, **quiet):  # sandboxed: bwrap gets no secrets
                     for index in range(start, len(nb.cells)):
                         left = deadline - time.monotonic()
                         if left <= 0:
@@ -765,13 +766,15 @@ def grade(
     memory: float = 4.0,
     regrade: tuple[str, ...] = (),
     readable: tuple[Path, ...] = (),
+    score_timeout: float = 60.0,
     progress: bool = True,
 ) -> list[GradeResult]:
     """Grade every submission (files or folders of .ipynb); write reports, results and ``grades.csv``.
 
     ``timeout`` is per cell and ``budget`` per notebook, in seconds; ``jobs`` notebooks run at a time;
     ``memory`` GiB per sandbox. Students already graded in ``out_dir`` are skipped unless in ``regrade``.
-    ``readable``: more folders the kernels may read (e.g. a module the notebooks import).
+    ``readable``: more folders the kernels may read (e.g. a module the notebooks import);
+    ``score_timeout``: seconds for the scoring of one exercise (all its cases).
     """
     if timeout < 1 or jobs < 1 or budget < 1 or not memory > 0:
         raise LabError(f"--timeout, --budget and --jobs must be at least 1 and --memory above 0, got {timeout}, "
@@ -794,7 +797,7 @@ def grade(
     todo = sorted(s for s in students if s not in done or s in regrade)
     if not sandbox:
         tqdm.write(NO_SANDBOX_WARNING, file=sys.stderr)
-    limits = Limits(memory=int(memory * 2**30))
+    limits = Limits(memory=int(memory * 2**30), pids=128)
     cgroups = sandbox and cgroups_work(limits)
     if sandbox and not cgroups:
         tqdm.write("warning: no writable cgroup here (run as root, or delegate one): memory is limited per process "
@@ -808,7 +811,8 @@ def grade(
     plain_env.setdefault("OMP_NUM_THREADS", threads)
     settings = Settings(timeout, budget, KernelSetup(sandbox, limits, hidden, [Path(p) for p in readable],
                                                      {"OMP_NUM_THREADS": threads}, cgroups), plain_env)
-    pool_setup = ScoringSetup(sandbox, Limits(memory=int(min(memory, 2.0) * 2**30)), hidden, cgroups, 1)
+    pool_setup = ScoringSetup(sandbox, Limits(memory=int(min(memory, 2.0) * 2**30), pids=64), hidden, cgroups, 1,
+                              score_timeout)
     results = run_sync(_run_all)(todo, students, lab, settings, pool_setup, jobs, out_dir, done, progress)
     return [results[s] for s in sorted(students) if s in results]
 
@@ -858,6 +862,10 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
                 found, answers = not_submitted(notebook_lab)
             exercises += found
             questions += answers
+        earlier = {q.grade_id: q for q in done[sid].questions} if sid in done else {}
+        for q in questions:  # a mark stays with an answer that did not change
+            if q.grade_id in earlier and earlier[q.grade_id].answer == q.answer:
+                q.points = earlier[q.grade_id].points
         result = GradeResult(sid, exercises, out_dir / f"{file_name(sid)}.html", notes,
                              sum(r.seconds for r in runs.values()), questions)
         async with saving:

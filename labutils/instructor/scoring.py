@@ -248,6 +248,7 @@ class ScoringSetup:
     hidden: list[Path]  # folders never visible (the repository, submissions, grades)
     cgroups: bool = True
     threads: int = 1
+    timeout: float = SCORE_TIMEOUT  # seconds for one exercise's cases
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="labutils-scoring-")))
 
 
@@ -280,7 +281,8 @@ class Scorer:
 
     async def _start(self) -> None:
         argv = await asyncio.get_running_loop().run_in_executor(None, self.argv)
-        env = {**os.environ, "PYTHONPATH": str(self.stage), "OMP_NUM_THREADS": str(self.setup.threads)}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(self.stage), "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": str(self.setup.threads)}  # nothing else of the grader's environment
         self.process = await asyncio.create_subprocess_exec(
             *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
             start_new_session=True, cwd=str(self.stage))
@@ -356,7 +358,7 @@ class ScoringPool:
                        "modules": list(exercise.modules), "cases": [[_wire(a) for a in c.args] for c in cases]}
         except Exception as error:  # the registry's own cases failed: an instructor's bug, said plainly
             return Verdict(False, f"the grader could not draw this exercise's cases ({type(error).__name__}: {error})")
-        reply = await self.scorer(tuple(exercise.modules)).score(request, SCORE_TIMEOUT)
+        reply = await self.scorer(tuple(exercise.modules)).score(request, self.setup.timeout)
         return verdict(exercise, cases, fixed, reply)
 
     async def close(self) -> None:
