@@ -31,7 +31,7 @@ from labutils.instructor.student import REPO_ROOT, make_student_versions
 
 MARK = "ATTACK-MARKER-5c1e"  # in every attacker's process command line and file name, to find leftovers
 SECRET = "grader-secret-9d2f"  # in the grader's environment; no sandbox may see it
-TIMEOUT, BUDGET, MEMORY = 8, 40, 1.5  # seconds per cell, seconds per notebook, GiB per sandbox
+TIMEOUT, BUDGET, MEMORY = 30, 60, 1.5  # seconds per cell, seconds per notebook, GiB per sandbox
 
 pytestmark = pytest.mark.skipif(not bwrap_works(), reason="needs bubblewrap: apt-get install bubblewrap (.ci/run does)")
 
@@ -88,7 +88,7 @@ def attacks(paths: dict[str, Path]) -> dict[str, object]:
         "reference_dunder": solve_with("    return __import__('labutils.gradcam', {}, {}, ['x'])."
                                        "alpha_weights(gradients)"),
         "reads_instructor": solve_with(
-            "    import json\n    nb = json.load(open(" + repr(str(instructor)) + "))\n"
+            "    text = open(" + repr(str(instructor)) + ").read()\n    nb = __import__('json', {}).loads(text)\n"
             "    code = [''.join(c['source']) for c in nb['cells'] if 'def my_alpha' in ''.join(c['source'])]\n"
             "    ns = {}\n    exec(code[0], ns)\n    return ns['my_alpha'](gradients)"),
         "reads_package_notebooks": solve_with(
@@ -96,7 +96,7 @@ def attacks(paths: dict[str, Path]) -> dict[str, object]:
             "    root = __import__('pathlib').Path(labutils.__file__).parents[1]\n"
             "    raise RuntimeError(str(list(root.glob('**/*.ipynb'))))"),
         "reads_other_student": solve_with(
-            "    import json\n    nb = json.load(open(" + repr(str(teacher)) + "))\n"
+            "    text = open(" + repr(str(teacher)) + ").read()\n    nb = __import__('json', {}).loads(text)\n"
             "    code = [''.join(c['source']) for c in nb['cells'] if 'def my_alpha' in ''.join(c['source'])]\n"
             "    ns = {'torch': torch}\n    exec(code[0], ns)\n    return ns['my_alpha'](gradients)"),
         # point 2: breaking the run from the kernel and from the scoring process
@@ -129,7 +129,7 @@ def attacks(paths: dict[str, Path]) -> dict[str, object]:
                                             "        kept.append(torch.ones(50_000_000))"),
         "giant_figures": add_cell("import os\nfrom IPython.display import Image, display\nfor _ in range(3):\n"
                                   "    display(Image(data=b'\\x89PNG' + os.urandom(10_000_000), format='png'))", 2),
-        "sleeper": lambda nb: [nb.cells.insert(2, new_code_cell("import time\ntime.sleep(7)")) for _ in range(8)],
+        "sleeper": lambda nb: [nb.cells.insert(2, new_code_cell("import time\ntime.sleep(25)")) for _ in range(8)],
         "exits_in_scoring": solve_with("    raise SystemExit(0)", top="import sys"),
         # point 3: what a submission file can hold
         "int_grade_id": lambda nb: cell(nb, "alpha-solution").metadata["nbgrader"].update(grade_id=7),
@@ -148,9 +148,10 @@ def attacked(tmp_path_factory):
     server.settimeout(0.2)
     port = server.getsockname()[1]
     received: list[bytes] = []
+    stop = threading.Event()
 
     def listen() -> None:
-        while not getattr(server, "done", False):
+        while not stop.is_set():
             try:
                 conn, _ = server.accept()
                 received.append(conn.recv(100) or b"connected")
@@ -184,7 +185,7 @@ def attacked(tmp_path_factory):
     seconds = time.monotonic() - began
     csv_after = (paths["out"] / "grades.csv").read_bytes()
     time.sleep(6)  # the detached process would have written by now
-    server.done = True
+    stop.set()
     after = {"package": digest(package), "subs": digest(paths["subs"]), "instructor": digest(paths["instructor"])}
     return {"results": {r.student: r for r in results}, "paths": paths, "before": before, "after": after,
             "csv": csv_after, "received": received, "children": set(descendants()) - children_before,
@@ -272,8 +273,9 @@ def test_the_sandbox_limits_hold(attacked):
     assert results["sleeper"].seconds < BUDGET + 30
     assert "later figures were left out" in notes["giant_figures"]
     assert (out / "giant_figures.html").stat().st_size < FIGURES_CAP + 200_000
-    for name in ("kill_parent", "kill_group", "kill_everything_visible"):
-        assert "the kernel died" in notes[name], (name, notes[name])
+    assert "the kernel died" in notes["kill_group"]  # it killed its own process group: the sandbox's session
+    # os.kill(os.getppid(), 9) and killing every visible process reach only the sandbox, whose first process
+    # ignores them: the notebook ran on, the grader and the other students are graded (tested above)
     report = " ".join(p.read_text(encoding="utf-8") for p in out.glob("*.html"))
     assert SECRET not in report
     assert "Read-only file system" in (out / "writes_package.html").read_text(encoding="utf-8")

@@ -413,6 +413,7 @@ async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: S
     code = [n for n, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
     deadline = time.monotonic() + settings.budget
     cgroup = make_cgroup(settings.kernel.limits) if settings.kernel.sandboxed and settings.kernel.cgroups else None
+    launched: list = []  # the kernels' processes (subprocess.Popen)
     try:
         while start < len(nb.cells):
             if kernels == KERNEL_STARTS or time.monotonic() >= deadline:
@@ -435,6 +436,7 @@ async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: S
             try:
                 env = settings.plain_env if km is None else {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
                 async with client.async_setup_kernel(env=env, **quiet):  # sandboxed: bwrap gets no secrets
+                    launched.append(getattr(getattr(client.km, "provisioner", None), "process", None))
                     for index in range(start, len(nb.cells)):
                         left = deadline - time.monotonic()
                         if left <= 0:
@@ -471,6 +473,12 @@ async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: S
     finally:
         if cgroup is not None:
             await asyncio.get_running_loop().run_in_executor(None, cgroup.remove)
+        for process in filter(None, launched):  # reaped, never left as zombies
+            try:
+                process.kill()
+                await asyncio.get_running_loop().run_in_executor(None, process.wait)
+            except (OSError, AttributeError):
+                pass
 
 
 async def score_notebook(submitted: nbformat.NotebookNode, lab: LabNotebook, run: Run, pool: ScoringPool) -> None:
@@ -803,8 +811,8 @@ def grade(
         tqdm.write("warning: no writable cgroup here (run as root, or delegate one): memory is limited per process "
                    "(RLIMIT_DATA), the number of processes is not", file=sys.stderr)
     _fetch_samples()
-    hidden = [REPO_ROOT.resolve(), out_dir.resolve(), Path(instructor_dir).resolve(),
-              *{Path(s).resolve() for s in submissions}]
+    checkout = [REPO_ROOT.resolve()] if (REPO_ROOT / "pyproject.toml").is_file() else []  # not site-packages
+    hidden = [*checkout, out_dir.resolve(), Path(instructor_dir).resolve(), *{Path(s).resolve() for s in submissions}]
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     plain_env = {**os.environ, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     plain_env.setdefault("LABUTILS_WEIGHTS", "random")

@@ -184,6 +184,45 @@ def verdict(exercise: Exercise, cases: list[Case], fixed: int, reply: Any) -> Ve
 # ---------------------------------------------------------------- the scoring processes
 
 
+def _labutils_imports(module: str) -> set[str]:
+    """The labutils modules that ``module``'s source imports (relative or absolute), read from its file."""
+    parts = module.split(".")
+    path = PACKAGE.joinpath(*parts[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return set()
+    package = parts[:-1] if path.name != "__init__.py" else parts
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            name = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            candidates = [name] + [f"{name}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        for candidate in candidates:
+            bits = candidate.split(".")
+            target = PACKAGE.joinpath(*bits[1:])
+            if bits[0] == "labutils" and len(bits) > 1 and (target.with_suffix(".py").is_file() or target.is_dir()):
+                found.add(candidate)
+    return found
+
+
+def _with_dependencies(modules: tuple[str, ...]) -> list[str]:
+    """``modules`` and every labutils module they import, transitively (what their copies need)."""
+    todo, seen = [m for m in modules if m.startswith("labutils.")], set()
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += sorted(_labutils_imports(module) - seen)
+    return sorted(seen)
+
+
 def _stage(modules: tuple[str, ...], folder: Path) -> Path:
     """A copy of the few labutils files the scoring process may see: exercise, plain data, the scorer, modules."""
     root = folder / "labutils"
@@ -194,7 +233,7 @@ def _stage(modules: tuple[str, ...], folder: Path) -> Path:
             target.write_text('"""The files of labutils a scoring process may import."""\n', encoding="utf-8")
         else:
             shutil.copy(PACKAGE / name, target)
-    for module in modules:
+    for module in _with_dependencies(modules):
         parts = module.split(".")
         if parts[0] != "labutils" or len(parts) < 2:
             continue
