@@ -238,7 +238,8 @@ def test_copies_are_detected_after_normalisation():
 
 
 @needs_bwrap
-def test_no_sandbox_says_what_it_leaves_open_and_forgeries_still_earn_nothing(lab, handout, tmp_path, capsys):
+def test_no_sandbox_says_what_it_leaves_open_and_forgeries_still_earn_nothing(lab, handout, tmp_path, capsys,
+                                                                             monkeypatch):
     subs = tmp_path / "subs"
     shutil.copy(lab / NOTEBOOK, subs.mkdir() or subs / f"teacher_{NOTEBOOK}")
     variant(handout, subs / f"forger_{NOTEBOOK}", lambda nb: (
@@ -246,13 +247,9 @@ def test_no_sandbox_says_what_it_leaves_open_and_forgeries_still_earn_nothing(la
                                          "get_ipython().showtraceback = lambda *a, **k: print('PASS')")),
         set_solution(nb, "alpha-solution", "    import torch\n    torch.allclose = lambda *a, **k: True\n"
                                            "    return torch.zeros(gradients.shape[:-2])")))
-    monkeypatch_registry = pytest.MonkeyPatch()
-    monkeypatch_registry.setattr("labutils.instructor.grading.default_registry", lambda: EXERCISES)
-    try:
-        assert main(["grade", str(subs), "--out", str(tmp_path / "g"), "--notebooks", str(lab), "--no-sandbox",
-                     "--timeout", str(TIMEOUT)]) == 0
-    finally:
-        monkeypatch_registry.undo()
+    monkeypatch.setattr("labutils.instructor.grading.default_registry", lambda: EXERCISES)
+    assert main(["grade", str(subs), "--out", str(tmp_path / "g"), "--notebooks", str(lab), "--no-sandbox",
+                 "--timeout", str(TIMEOUT)]) == 0
     captured = capsys.readouterr()
     assert captured.err.count("warning: --no-sandbox") == 1 and "read the answers from disk" in captured.err
     rows = {row[0]: row[1:] for row in csv.reader((tmp_path / "g" / "grades.csv").open(encoding="utf-8"))}
@@ -297,7 +294,8 @@ def test_student_id_comes_from_the_file_or_folder_name(tmp_path):
         collect([tmp_path / "nowhere"], lab)
 
 
-def test_grade_command_errors_are_one_line(tmp_path, lab, capsys):
+def test_grade_command_errors_are_one_line(tmp_path, lab, capsys, monkeypatch):
+    monkeypatch.setattr("labutils.instructor.grading.default_registry", lambda: EXERCISES)
     assert main(["grade", str(tmp_path / "nowhere"), "--notebooks", str(lab), "--no-sandbox"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1

@@ -119,6 +119,8 @@ def child(request: dict, fd: int) -> None:
             entry = outcome(Outcome(None, f"it returned something that is not plain data: {error}",
                                     o.changed_inputs, o.hooks_left))
         results.append(entry)
+        if entry["error"]:
+            break  # the first error is the verdict: the later cases would not change it
     send({"failure": None, "outcomes": results})
 
 

@@ -70,15 +70,56 @@ def python_source(source: str) -> str:
     return "\n".join("#" + line if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
 
 
+def _plain_constant(value: Any) -> bool:
+    if type(value) in (tuple, frozenset):
+        return all(_plain_constant(v) for v in value)
+    return value is None or type(value) in (bool, int, float, str)
+
+
+def _labutils_line(node: ast.ImportFrom) -> list[str]:
+    """A ``from labutils... import`` line as the scoring process can run it: constants as values (``MB = 1048576``),
+    names that labutils re-exports from the module that defines them (``from labutils.models import get_layer``)."""
+    try:
+        module = importlib.import_module(node.module or "")
+    except Exception:
+        return [ast.unparse(node)]
+    lines = []
+    for alias in node.names:
+        bound = alias.asname or alias.name
+        value = getattr(module, alias.name, None)
+        home = getattr(value, "__module__", None)
+        if alias.name == "*" or value is None:
+            lines.append(ast.unparse(ast.ImportFrom(node.module, [alias], 0)))
+        elif _plain_constant(value):
+            lines.append(f"{bound} = {value!r}")
+        elif isinstance(home, str) and home.startswith("labutils.") and home != node.module \
+                and getattr(importlib.import_module(home), alias.name, None) is value:
+            lines.append(f"from {home} import {alias.name}" + (f" as {alias.asname}" if alias.asname else ""))
+        else:
+            lines.append(ast.unparse(ast.ImportFrom(node.module, [alias], 0)))
+    return lines
+
+
 def import_lines(sources: list[str]) -> list[str]:
-    """The top-level import statements of these cells, one per line (the names the solution may use)."""
+    """What the solution may use from the cells before it: their top-level imports (labutils constants as values,
+    re-exported names from their own module) and literal constants (``SIZE = (224, 224)``), one statement a line."""
     lines = []
     for source in sources:
         try:
             tree = ast.parse(python_source(source))
         except SyntaxError:
             continue
-        lines += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "labutils":
+                lines += _labutils_line(node)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                lines.append(ast.unparse(node))
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try:
+                    ast.literal_eval(node.value)
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    continue
+                lines.append(ast.unparse(node))
     return list(dict.fromkeys(lines))
 
 
@@ -165,8 +206,10 @@ def verdict(exercise: Exercise, cases: list[Case], fixed: int, reply: Any) -> Ve
     if reply.get("failure"):
         return Verdict(False, str(reply["failure"])[:400])
     outcomes = reply["outcomes"]
-    if type(outcomes) is not list or len(outcomes) != len(cases):
+    if type(outcomes) is not list or not 0 < len(outcomes) <= len(cases):
         return Verdict(False, "the scoring process answered for the wrong number of cases")
+    if len(outcomes) < len(cases) and not (type(outcomes[-1]) is dict and outcomes[-1].get("error")):
+        return Verdict(False, "the scoring process answered for too few cases")  # it stops at an error, only there
     for n, (case, entry) in enumerate(zip(cases, outcomes)):
         try:
             problem = exercise.diagnose(case, _outcome(entry))
