@@ -99,6 +99,9 @@ def attacks(paths: dict[str, Path]) -> dict[str, object]:
             "    text = open(" + repr(str(teacher)) + ").read()\n    nb = __import__('json', {}).loads(text)\n"
             "    code = [''.join(c['source']) for c in nb['cells'] if 'def my_alpha' in ''.join(c['source'])]\n"
             "    ns = {'torch': torch}\n    exec(code[0], ns)\n    return ns['my_alpha'](gradients)"),
+        "reads_tests": solve_with("    return open(" + repr(str(Path(lab_module.__file__).resolve())) + ").read()"),
+        "reads_tests_in_kernel": add_cell("print(open(" + repr(str(Path(lab_module.__file__).resolve())) +
+                                          ").read())", 2),
         # point 2: breaking the run from the kernel and from the scoring process
         "kill_parent": add_cell("import os\nos.kill(os.getppid(), 9)", 2),
         "kill_parent_in_scoring": solve_with("    os = __import__('os', {})\n    os.kill(os.getppid(), 9)"),
@@ -222,7 +225,7 @@ def test_the_forgeries_fail_for_the_right_reason(attacked):
     assert "No module named 'labutils.gradcam'" in messages["reference_dunder"]["alpha"]
     assert "not a plain tensor or array (subclasses are refused)" in messages["tensor_subclass"]["alpha"]
     assert messages["isclose_true"]["alpha"].startswith("wrong values")
-    for name in ("reads_instructor", "reads_other_student"):
+    for name in ("reads_instructor", "reads_other_student", "reads_tests"):
         assert "FileNotFoundError" in messages[name]["alpha"], messages[name]["alpha"]
     assert "RuntimeError: []" in messages["reads_package_notebooks"]["alpha"]  # no notebook is visible at all
     assert messages["kill_parent_in_scoring"]["alpha"] == "the scoring process was killed while it ran this solution"
@@ -282,6 +285,7 @@ def test_the_sandbox_limits_hold(attacked):
     report = " ".join(p.read_text(encoding="utf-8") for p in out.glob("*.html"))
     assert SECRET not in report
     assert "Read-only file system" in (out / "writes_package.html").read_text(encoding="utf-8")
+    assert "FileNotFoundError" in (out / "reads_tests_in_kernel.html").read_text(encoding="utf-8")
 
 
 def test_one_submission_never_costs_the_others(attacked):

@@ -86,6 +86,11 @@ def graded(lab, handout, tmp_path_factory):
     variant(lab / NOTEBOOK, subs / f"older_{NOTEBOOK}", older)
     variant(lab / NOTEBOOK, subs / f"crash_{NOTEBOOK}", lambda nb: nb.cells.insert(2, new_code_cell(
         "import os\nos._exit(1)")))
+    variant(lab / NOTEBOOK, subs / f"loop_{NOTEBOOK}", lambda nb: nb.cells.insert(3, new_code_cell(
+        "while True:\n    pass")))
+    variant(lab / NOTEBOOK, subs / f"stuck_{NOTEBOOK}", lambda nb: nb.cells.insert(3, new_code_cell(
+        "import time\nwhile True:\n    try:\n        time.sleep(0.05)\n    except KeyboardInterrupt:\n"
+        "        pass  # ignores the interrupt")))
     (subs / f"broken_{NOTEBOOK}").write_text('{"cells": [', encoding="utf-8")
     (subs / "notes.ipynb").write_text("{}", encoding="utf-8")  # matches no notebook: skipped
     out = tmp_path_factory.mktemp("grades")
@@ -138,6 +143,18 @@ def test_a_crashing_kernel_does_not_cost_points_that_scoring_decides(graded):
 
 
 @needs_bwrap
+def test_the_cell_timeout_interrupts_the_sandboxed_kernel_and_the_notebook_goes_on(graded):
+    results = graded[0]
+    loop, stuck = results["loop"], results["stuck"]
+    assert loop.total == stuck.total == 5  # scoring does not depend on the kernel
+    report = loop.report.read_text(encoding="utf-8")
+    assert f"cell 4: GraderTimeout: stopped: the cell ran longer than {TIMEOUT} s" in report
+    assert not loop.notes  # the interrupt worked: the same kernel ran the cells after it
+    assert report.count("data:image/png;base64,") == 1  # the figure drawn after the loop
+    assert any("did not recover from the interrupt: a new kernel ran the cells after it" in n for n in stuck.notes)
+
+
+@needs_bwrap
 def test_unreadable_notebook_scores_zero_and_says_why(graded):
     broken = graded[0]["broken"]
     assert broken.total == 0 and "could not be read as a notebook" in messages(broken)["alpha"]
@@ -149,8 +166,8 @@ def test_grades_csv_results_and_marks_template(graded):
     rows = list(csv.reader((out / "grades.csv").open(encoding="utf-8")))
     assert rows[0] == ["student", "alpha", "combine", "why-z", "total", "max"]
     by_student = {row[0]: row[1:] for row in rows[1:]}
-    assert sorted(by_student) == sorted(results) == ["blank", "broken", "copier", "crash", "older", "teacher",
-                                                      "wrong"]
+    assert sorted(by_student) == sorted(results) == ["blank", "broken", "copier", "crash", "loop", "older", "stuck",
+                                                      "teacher", "wrong"]
     assert by_student["teacher"] == ["2", "3", "", "5", "7"]
     assert by_student["wrong"] == ["0", "3", "", "3", "7"]
     assert sorted(p.name for p in (out / "results").iterdir()) == [f"{s}.json" for s in sorted(results)]

@@ -819,8 +819,9 @@ def grade(
     plain_env.setdefault("OMP_NUM_THREADS", threads)
     settings = Settings(timeout, budget, KernelSetup(sandbox, limits, hidden, [Path(p) for p in readable],
                                                      {"OMP_NUM_THREADS": threads}, cgroups), plain_env)
+    every = tuple(sorted({m for notebook in lab.values() for g in notebook.exercises for m in g.exercise.modules}))
     pool_setup = ScoringSetup(sandbox, Limits(memory=int(min(memory, 2.0) * 2**30), pids=64), hidden, cgroups, 1,
-                              score_timeout)
+                              score_timeout, every)
     results = run_sync(_run_all)(todo, students, lab, settings, pool_setup, jobs, out_dir, done, progress)
     return [results[s] for s in sorted(students) if s in results]
 

@@ -86,16 +86,21 @@ def _contains(folder: Path, path: Path) -> bool:
 
 
 def python_dirs(hidden: list[Path]) -> list[Path]:
-    """The folders the Python environment needs (prefixes, ``sys.path``), minus any holding a hidden one."""
-    found = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(sys.executable).resolve().parent]
-    found += [Path(p) for p in sys.path if p and Path(p).is_absolute() and Path(p).is_dir()]
-    keep = []
+    """The folders the Python environment needs: its prefixes, and the ``sys.path`` entries that are neither
+    inside nor around a hidden folder (e.g. not the repository's ``tests/`` that pytest puts on the path);
+    a virtual environment inside the repository is kept."""
+    prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    prefixes.add(Path(sys.executable).resolve().parent)
+    found = list(prefixes) + [Path(p).resolve() for p in sys.path if p and Path(p).is_absolute() and Path(p).is_dir()]
+    keep: list[Path] = []
     for path in found:
-        real = path.resolve()
-        if any(_contains(real, h) or _contains(path, h) for h in hidden):
+        if any(_contains(path, h) for h in hidden):
             continue  # e.g. PYTHONPATH=the repository: its labutils/ is bound on its own
-        if not any(_contains(k, real) for k in keep):
-            keep = [k for k in keep if not _contains(real, k)] + [real]
+        in_env = any(_contains(prefix, path) for prefix in prefixes if not any(_contains(prefix, h) for h in hidden))
+        if not in_env and any(_contains(h, path) for h in hidden):
+            continue  # inside the repository, the submissions or the grades (not in the environment)
+        if not any(_contains(k, path) for k in keep):
+            keep = [k for k in keep if not _contains(path, k)] + [path]
     return keep
 
 

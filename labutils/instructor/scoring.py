@@ -331,6 +331,8 @@ class ScoringSetup:
     cgroups: bool = True
     threads: int = 1
     timeout: float = SCORE_TIMEOUT  # seconds for one exercise's cases
+    modules: tuple[str, ...] = ()  # every exercise's modules: one probe finds the files they all need
+    entries: Optional[list[Path]] = None  # what that probe found (site-packages entries)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="labutils-scoring-")))
 
 
@@ -349,8 +351,11 @@ class Scorer:
         command = [sys.executable, "-m", "labutils.instructor.scorer"]
         if not self.setup.sandboxed:
             return command
-        if self.entries is None:
-            self.entries = needed_entries(self.stage, self.modules)
+        if self.setup.entries is None:  # once per run, for all the scoring processes
+            every = tuple(sorted(set(self.setup.modules) | set(self.modules)))
+            probe = _stage(every, Path(tempfile.mkdtemp(prefix="probe-", dir=self.setup.workdir)))
+            self.setup.entries = needed_entries(probe, every)
+        self.entries = self.setup.entries
         env = {"PYTHONPATH": str(self.stage), "PATH": "/usr/bin:/bin", "HOME": "/tmp/home", "LC_ALL": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": str(self.setup.threads),
                "TMPDIR": "/tmp"}  # fmt: skip
