@@ -198,11 +198,14 @@ def test_rerun_skips_graded_students_and_regrade_grades_again(graded, lab, tmp_p
     copy = tmp_path / "grades"
     shutil.copytree(out, copy)
     before = (copy / "results" / "wrong.json").read_text(encoding="utf-8")
+    (tmp_path / "marks.csv").write_text("student,question,points\nblank,why-z,1\n", encoding="utf-8")
+    merge_marks(tmp_path / "marks.csv", copy)
     again = grade([subs / f"wrong_{NOTEBOOK}", subs / f"blank_{NOTEBOOK}"], copy, timeout=TIMEOUT, instructor_dir=lab,
                   registry=EXERCISES, regrade=("blank",), progress=False)
     assert [r.student for r in again] == ["blank", "wrong"]
     assert (copy / "results" / "wrong.json").read_text(encoding="utf-8") == before  # skipped, not re-run
     assert again[0].seconds > 0 and again[1].seconds == results["wrong"].seconds
+    assert [q.points for q in again[0].questions] == [1]  # the mark stays with the unchanged answer
     rows = list(csv.reader((copy / "grades.csv").open(encoding="utf-8")))
     assert len(rows) == 1 + len(results)  # the students of the first run are still there
     with pytest.raises(LabError, match="--regrade nobody: no such student"):
