@@ -18,7 +18,8 @@ The Grad-CAM itself is in ``hooks``, ``gradcam`` and ``guided``: start there. Ar
 - ``explorer`` the interactive ipywidgets explorer of the results notebook
 - ``checks``   the exercise checks of notebooks 02-04
 - ``status``   the environment check of notebook 00
-- ``student``, ``grading``  the instructor's tools: student versions, grading
+- ``exercise`` what an exercise is: the contract between the checks and the grader
+- ``instructor`` the instructor's tools (not needed by students): student versions, sandboxed grading
 - ``cli``      ``python -m labutils ...``
 """
 

@@ -2,7 +2,8 @@
 
     python -m labutils fetch [--from DIR]
     python -m labutils student [--out student/]                       # the notebooks without solutions
-    python -m labutils grade submissions/ [--out grades/] [--timeout 120]
+    python -m labutils grade submissions/ [--out grades/] [--timeout 120] [--jobs 2] [--regrade alice]
+    python -m labutils grade --marks marks.csv --out grades/          # merge the manual marks
     python -m labutils summary vgg16
     python -m labutils explain cat_dog.jpg --model vgg16 --class 243 --class "tiger cat" --out out/ --npz
     python -m labutils explain photos/ --model vgg16 --out out/          # a whole folder, batched
@@ -208,19 +209,27 @@ def summary(args: argparse.Namespace) -> None:
 
 def student(args: argparse.Namespace) -> None:
     """Write the student versions of the notebooks."""
-    from .student import default_notebooks, make_student_versions
+    from .instructor.student import default_notebooks, make_student_versions
 
     for path in make_student_versions([Path(p) for p in args.notebooks] or default_notebooks(), Path(args.out)):
         print(path)
 
 
 def grade(args: argparse.Namespace) -> None:
-    """Grade submitted notebooks: grades.csv and one HTML report per student."""
-    from .grading import grade as grade_all
+    """Grade submitted notebooks (grades.csv, one HTML report per student), or merge manual marks."""
+    from .instructor.grading import grade as grade_all, merge_marks
 
-    kw = {"instructor_dir": Path(args.notebooks)} if args.notebooks else {}
-    results = grade_all([Path(p) for p in args.submissions], Path(args.out), timeout=args.timeout, jobs=args.jobs,
-                        **kw)
+    if args.marks:
+        if args.submissions:
+            raise LabError("--marks merges marks into graded results and runs no notebook: give no submissions")
+        results = merge_marks(Path(args.marks), Path(args.out))
+    elif not args.submissions:
+        raise LabError("give the submissions to grade (files or folders), or --marks FILE to merge manual marks")
+    else:
+        kw = {"instructor_dir": Path(args.notebooks)} if args.notebooks else {}
+        results = grade_all([Path(p) for p in args.submissions], Path(args.out), timeout=args.timeout,
+                            budget=args.budget, jobs=args.jobs, sandbox=not args.no_sandbox, memory=args.memory,
+                            regrade=tuple(args.regrade), **kw)
     for r in results:
         print(f"{r.student}: {r.total:g} / {r.max_points:g}  {r.report}")
     print(f"wrote {Path(args.out) / 'grades.csv'} ({len(results)} student(s))")
@@ -241,12 +250,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="default: the lab's notebooks/*.ipynb")
     p.add_argument("--out", default="student", metavar="DIR", help="output folder (default: student)")
     p.set_defaults(run=student)
-    p = commands.add_parser("grade", help="re-execute submitted notebooks, score the exercises, write reports")
-    p.add_argument("submissions", nargs="+", metavar="SUBMISSION", help="notebooks or folders of notebooks")
+    p = commands.add_parser("grade", help="score submitted notebooks in a sandbox, write reports and grades.csv")
+    p.add_argument("submissions", nargs="*", metavar="SUBMISSION", help="notebooks or folders of notebooks")
     p.add_argument("--out", default="grades", metavar="DIR", help="output folder (default: grades)")
     p.add_argument("--timeout", type=int, default=120, metavar="S", help="seconds per cell (default: 120)")
+    p.add_argument("--budget", type=int, default=900, metavar="S", help="seconds per notebook (default: 900)")
     p.add_argument("--jobs", type=int, default=1, help="notebooks run at a time (default: 1)")
+    p.add_argument("--memory", type=float, default=4.0, metavar="GB", help="GiB per sandbox (default: 4)")
     p.add_argument("--notebooks", default=None, metavar="DIR", help="the instructor's notebooks (default: the lab's)")
+    p.add_argument("--regrade", action="append", default=[], metavar="STUDENT",
+                   help="grade this student again (repeatable); others already graded in --out are skipped")
+    p.add_argument("--no-sandbox", action="store_true", help="run the students' code without bubblewrap")
+    p.add_argument("--marks", default=None, metavar="CSV", help="merge manual marks (student,question,points)")
     p.set_defaults(run=grade)
     p = commands.add_parser("explain", help="Grad-CAM and friends for images or folders of images")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")

@@ -72,6 +72,7 @@ class Exercise:
     cases: Callable[[Optional[torch.Generator]], list[Case]]  # None: the fixed cases; a generator: fresh ones
     diagnose: Callable[[Case, Outcome], Optional[str]]  # None: right; else the cause in one line (grader side)
     solution_id: str = ""  # grade_id of the solution cell; default f"{grade_id}-solution"
+    reference: str = ""  # "module:function" of the reference implementation; a solution that copies it is flagged
 
     @property
     def solution_grade_id(self) -> str:

@@ -1,10 +1,10 @@
-"""Student versions and grading (``python -m labutils student`` / ``grade``).
+"""Student versions and grading (``python -m labutils student`` / ``grade``): the honest paths.
 
-Most cases run on a tiny synthetic lab written into a temporary folder: two notebooks whose check
-cells call a tiny check module (``tinychecks``, no torch), so a kernel runs each in a second or two.
-One grading run covers every kind of submission (right, untouched, wrong, cheating, looping, stuck,
-crashing, missing import, megabytes of output, unreadable, incomplete). The real lab is graded once:
-its instructor notebooks and their student versions, with untrained weights.
+Grading runs on the small synthetic lab of tests/gradinglab.py (one notebook, two exercises and a
+written question, sandboxed kernels of a few seconds). One sandboxed run covers the usual
+submissions (right, untouched, wrong, a copy of the reference, an older handout, duplicates); then a
+re-run, ``--regrade``, the manual marks CSV, ``--no-sandbox`` and the refusal without bubblewrap. The
+attacks are in tests/test_adversarial.py. The real lab is graded once, end to end.
 """
 
 from __future__ import annotations
@@ -19,106 +19,19 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell
 
+from gradinglab import EXERCISES, NOTEBOOK, cell, variant, write_lab
 from labutils.cli import main
 from labutils.errors import LabError
-from labutils.grading import OUTPUT_CAP, collect, grade, match_submission
-from labutils.student import REPO_ROOT, make_student_versions, student_version
+from labutils.instructor import sandbox
+from labutils.instructor.grading import (collect, file_name, from_spreadsheet, grade, match_submission, merge_marks,
+                                         spreadsheet_safe)
+from labutils.instructor.scoring import copies_reference, normalized_body
+from labutils.instructor.student import REPO_ROOT, make_student_versions, student_version
 
-TINYCHECKS = '''
-class ExerciseError(AssertionError):
-    def _render_traceback_(self):
-        return [f"FAIL: {self}"]
-
-
-def _call(exercise, fn, *args):
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise ExerciseError(f"{exercise}: not implemented yet — write {fn.__name__} above") from None
-
-
-def _check(exercise, fn, arg, expected):
-    got = _call(exercise, fn, arg)
-    if got != expected:
-        raise ExerciseError(f"{exercise}: {fn.__name__}({arg!r}) should be {expected!r}, got {got!r}")
-    print(f"PASS: {exercise} — {fn.__name__}({arg!r}) == {expected!r}")
-
-
-def check_double(fn):
-    _check("double", fn, 21, 42)
-
-
-def check_square(fn):
-    _check("square", fn, 7, 49)
-
-
-def check_shout(fn):
-    _check("shout", fn, "hi", "HI!")
-'''
-
-KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}}
-
-
-def solution_meta(grade_id: str) -> dict:
-    return {"nbgrader": {"grade": False, "solution": True, "locked": False, "grade_id": grade_id,
-                         "schema_version": 3}}
-
-
-def check_meta(grade_id: str, points: int) -> dict:
-    return {"nbgrader": {"grade": True, "solution": False, "locked": True, "grade_id": grade_id, "points": points,
-                         "schema_version": 3}}
-
-
-def exercise(name: str, doc: str, body: str, points: int) -> list:
-    """An exercise cell (the solution between the markers) and its check cell."""
-    lines = "\n".join("    " + line for line in body.split("\n"))
-    source = f'def {name}(x):\n    """{doc}"""\n    ### BEGIN SOLUTION\n{lines}\n    ### END SOLUTION'
-    return [new_code_cell(source, metadata=solution_meta(f"{name}-solution")),
-            new_code_cell(f"# NBVAL_CHECK_OUTPUT\ncheck_{name}({name})", metadata=check_meta(name, points))]
-
-
-def tiny_lab(folder: Path) -> Path:
-    """The synthetic lab: 00_intro (no exercise), 01_tiny (double 2 points, square 3), 02_more (shout 1)."""
-    folder.mkdir(parents=True)
-    intro = new_notebook(metadata=KERNELSPEC, cells=[new_markdown_cell("# Intro"), new_code_cell("print('hello')")])
-    tiny = new_notebook(metadata=KERNELSPEC, cells=[
-        new_markdown_cell("# Tiny lab"),
-        new_code_cell("%matplotlib inline\nfrom tinychecks import check_double, check_square"),
-        *exercise("double", "Twice x.", "y = 2 * x\nreturn y", 2),
-        new_code_cell("import matplotlib.pyplot as plt\n\nfig, ax = plt.subplots(figsize=(2, 2))\n"
-                      "ax.plot([1, 3, 2])\nax.set_title('tiny')\nplt.show()"),
-        *exercise("square", "x squared.", "return x ** 2", 3),
-        new_markdown_cell("Why do squares grow?\n\n=== BEGIN MARK SCHEME ===\nBecause x * x > x for x > 1.\n"
-                          "=== END MARK SCHEME ===\n"),
-    ])  # fmt: skip
-    more = new_notebook(metadata=KERNELSPEC, cells=[
-        new_code_cell("from tinychecks import check_shout"),
-        *exercise("shout", "x in capitals, with '!'.", "return x.upper() + '!'", 1),
-    ])  # fmt: skip
-    for name, nb in (("00_intro", intro), ("01_tiny", tiny), ("02_more", more)):
-        nbformat.write(nb, folder / f"{name}.ipynb")
-    return folder
-
-
-def edited(source: Path, target: Path, change) -> Path:
-    """A copy of notebook ``source`` at ``target``, changed by ``change(nb)``."""
-    nb = nbformat.read(source, as_version=4)
-    change(nb)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, target)
-    return target
-
-
-def cell_with(nb: nbformat.NotebookNode, grade_id: str) -> nbformat.NotebookNode:
-    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-
-
-def set_body(nb: nbformat.NotebookNode, grade_id: str, old: str, new: str) -> None:
-    cell = cell_with(nb, grade_id)
-    assert old in cell.source
-    cell.source = cell.source.replace(old, new)
+needs_bwrap = pytest.mark.skipif(not sandbox.bwrap_works(), reason="needs bubblewrap (apt-get install bubblewrap)")
+TIMEOUT = 20
 
 
 def points(result) -> dict[str, float]:
@@ -129,167 +42,246 @@ def messages(result) -> dict[str, str]:
     return {e.grade_id: e.message for e in result.exercises}
 
 
-# ---------------------------------------------------------------- one grading run of the synthetic lab
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tinylab")
-    (root / "modules").mkdir()
-    (root / "modules" / "tinychecks.py").write_text(TINYCHECKS, encoding="utf-8")
-    return tiny_lab(root / "instructor")
+    return write_lab(tmp_path_factory.mktemp("tinylab") / "instructor")
 
 
 @pytest.fixture(scope="module")
-def kernel_path(lab):
-    """The kernels find ``tinychecks`` on PYTHONPATH."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(lab.parent / "modules"),
-                                                              os.environ.get("PYTHONPATH")])))
-        yield
+def handout(lab, tmp_path_factory) -> Path:
+    return make_student_versions([lab / NOTEBOOK], tmp_path_factory.mktemp("handout"))[0]
+
+
+def set_solution(nb, grade_id: str, body: str) -> None:
+    source = cell(nb, grade_id).source
+    head = source[: source.index("    # YOUR CODE HERE")] if "# YOUR CODE HERE" in source else \
+        source[: source.index("    ### BEGIN SOLUTION")]
+    cell(nb, grade_id).source = head + body
 
 
 @pytest.fixture(scope="module")
-def graded(lab, kernel_path, tmp_path_factory):
-    """Every kind of submission, graded in one run: (results by student, output folder)."""
+def graded(lab, handout, tmp_path_factory):
+    """The usual submissions, graded in one sandboxed run: (results by student, output folder, submissions)."""
     subs = tmp_path_factory.mktemp("submissions")
-    tiny, more = lab / "01_tiny.ipynb", lab / "02_more.ipynb"
-    shutil.copytree(lab, subs / "teacher")  # alice/01_tiny.ipynb style; 00_intro is skipped (no exercise)
-    blank = make_student_versions([tiny, more], subs / "handout")
-    for path in blank:
-        shutil.copy(path, subs / f"blank_{path.name}")  # blank_01_tiny.ipynb style
-    shutil.rmtree(subs / "handout")
-    edited(tiny, subs / "wrong_01_tiny.ipynb", lambda nb: set_body(nb, "double-solution", "2 * x", "3 * x"))
+    (subs / "teacher").mkdir()
+    shutil.copy(lab / NOTEBOOK, subs / "teacher" / NOTEBOOK)  # teacher/01_tiny.ipynb style
+    shutil.copy(handout, subs / f"blank_{NOTEBOOK}")  # blank_01_tiny.ipynb style
+    variant(handout, subs / f"wrong_{NOTEBOOK}", lambda nb: (
+        set_solution(nb, "alpha-solution", "    return gradients.sum(dim=(-2, -1)) / gradients.shape[-1] ** 2"),
+        set_solution(nb, "combine-solution", "    import torch\n    "
+                                             "return torch.relu((alpha[..., None, None] * activations).sum(-3))")))
 
-    def cheat(nb):  # a wrong double, its own check_double, and an edited check cell
-        set_body(nb, "double-solution", "2 * x", "3 * x")
-        nb.cells.insert(1, new_code_cell('def check_double(fn):\n    print("PASS: double — trust me")'))
-        cell_with(nb, "double").source = 'print("PASS: double")'
+    def renamed_copy(nb):  # the reference's code under other names, and a written answer
+        cell(nb, "alpha-solution").source = ("def my_alpha(g):\n    # my own words\n    "
+                                             "return g.mean(dim=(-2, -1))")
+        cell(nb, "why-z").source = "Because <b>1/Z</b> scales every position alike."
 
-    edited(tiny, subs / "cheat_01_tiny.ipynb", cheat)
-    edited(tiny, subs / "deleted_01_tiny.ipynb", lambda nb: nb.cells.remove(cell_with(nb, "square")))
-    edited(tiny, subs / "loop_01_tiny.ipynb",
-           lambda nb: set_body(nb, "double-solution", "y = 2 * x", "while True:\n        pass"))
-    stuck_cell = "import time\nwhile True:\n    try:\n        time.sleep(0.05)\n    except KeyboardInterrupt:\n" \
-                 "        pass  # ignores the interrupt"
-    edited(tiny, subs / "stuck_01_tiny.ipynb", lambda nb: nb.cells.insert(4, new_code_cell(stuck_cell)))
-    edited(tiny, subs / "noimport_01_tiny.ipynb",
-           lambda nb: set_body(nb, "double-solution", "def double", "import nonexistent_module_xyz\n\ndef double"))
+    variant(handout, subs / f"copier_{NOTEBOOK}", renamed_copy)
 
-    def spam(nb):  # 5 MB printed by a cell, 3 MB printed by square while its check runs
-        nb.cells.insert(2, new_code_cell("for _ in range(5000):\n    print('x' * 1000)"))
-        set_body(nb, "square-solution", "return x ** 2", "print('y' * 3_000_000)\n    return x ** 2")
+    def older(nb):  # a handout whose alpha solution had another grade id
+        cell(nb, "alpha-solution").metadata["nbgrader"]["grade_id"] = "alpha-v0"
+        set_solution(nb, "combine-solution", "    import torch\n    "
+                                             "return torch.relu((alpha[..., None, None] * activations).sum(-3))")
 
-    edited(tiny, subs / "spam_01_tiny.ipynb", spam)
-    edited(tiny, subs / "crash_01_tiny.ipynb",
-           lambda nb: set_body(nb, "double-solution", "y = 2 * x", "import os\n    os._exit(1)"))
-    shutil.copy(tiny, subs / "broken_01_tiny.ipynb")
-    (subs / "broken_02_more.ipynb").write_text('{"cells": [', encoding="utf-8")
+    variant(lab / NOTEBOOK, subs / f"older_{NOTEBOOK}", older)
+    variant(lab / NOTEBOOK, subs / f"crash_{NOTEBOOK}", lambda nb: nb.cells.insert(2, new_code_cell(
+        "import os\nos._exit(1)")))
+    variant(lab / NOTEBOOK, subs / f"loop_{NOTEBOOK}", lambda nb: nb.cells.insert(3, new_code_cell(
+        "while True:\n    pass")))
+    variant(lab / NOTEBOOK, subs / f"stuck_{NOTEBOOK}", lambda nb: nb.cells.insert(3, new_code_cell(
+        "import time\nwhile True:\n    try:\n        time.sleep(0.05)\n    except KeyboardInterrupt:\n"
+        "        pass  # ignores the interrupt")))
+    (subs / f"broken_{NOTEBOOK}").write_text('{"cells": [', encoding="utf-8")
     (subs / "notes.ipynb").write_text("{}", encoding="utf-8")  # matches no notebook: skipped
     out = tmp_path_factory.mktemp("grades")
-    results = grade([subs], out, timeout=6, instructor_dir=lab, jobs=2, progress=False)
-    return {r.student: r for r in results}, out
+    results = grade([subs, subs / f"blank_{NOTEBOOK}"], out, timeout=TIMEOUT, budget=120, memory=2,
+                    instructor_dir=lab, registry=EXERCISES, jobs=2, progress=False)
+    return {r.student: r for r in results}, out, subs
 
 
-def test_instructor_notebooks_score_full_marks(graded):
-    results, out = graded
-    teacher = results["teacher"]
-    assert points(teacher) == {"double": 2, "square": 3, "shout": 1}
-    assert teacher.total == teacher.max_points == 6
-    assert all(e.passed and e.message.startswith(f"PASS: {e.grade_id}") for e in teacher.exercises)
+@needs_bwrap
+def test_instructor_notebook_scores_full_marks_and_the_handout_zero(graded):
+    results, out, _ = graded
+    teacher, blank = results["teacher"], results["blank"]
+    assert points(teacher) == {"alpha": 2, "combine": 3} and teacher.total == 5 and teacher.max_points == 7
+    assert all(e.passed and e.message.startswith("PASS: my_") and "drawn for grading" in e.message
+               for e in teacher.exercises)
     assert not teacher.notes
+    assert blank.total == 0 and blank.max_points == 7
+    assert messages(blank) == {"alpha": "not implemented yet — on gradients of shape (1, 3, 2, 2)",
+                               "combine": "not implemented yet — on alpha (1, 3) and A^k (1, 3, 2, 2)"}
 
 
-def test_grades_csv(graded):
-    results, out = graded
-    rows = list(csv.reader((out / "grades.csv").open(encoding="utf-8")))
-    assert rows[0] == ["student", "double", "square", "shout", "total", "max"]
-    by_student = {row[0]: row[1:] for row in rows[1:]}
-    assert sorted(by_student) == sorted(results) == sorted(
-        ["teacher", "blank", "wrong", "cheat", "deleted", "loop", "stuck", "noimport", "spam", "crash", "broken"])
-    assert by_student["teacher"] == ["2", "3", "1", "6", "6"]
-    assert by_student["wrong"] == ["0", "3", "0", "3", "6"]
-
-
-def test_untouched_student_versions_score_zero(graded):
-    blank = graded[0]["blank"]
-    assert blank.total == 0 and blank.max_points == 6
-    for e in blank.exercises:
-        assert e.message == f"ExerciseError: {e.grade_id}: not implemented yet — write {e.grade_id} above"
-
-
-def test_one_wrong_exercise_loses_exactly_its_points(graded):
+@needs_bwrap
+def test_a_wrong_answer_that_passes_the_fixed_square_cases_fails_on_drawn_ones(graded):
     wrong = graded[0]["wrong"]
-    assert points(wrong) == {"double": 0, "square": 3, "shout": 0}
-    assert messages(wrong)["double"] == "ExerciseError: double: double(21) should be 42, got 63"
-    assert messages(wrong)["shout"] == "02_more.ipynb was not submitted"
+    assert points(wrong) == {"alpha": 0, "combine": 3}
+    assert messages(wrong)["alpha"].startswith("wrong values — on gradients of shape (")
 
 
-def test_redefined_check_function_and_edited_check_cell_do_not_pass(graded):
-    cheat = graded[0]["cheat"]
-    assert points(cheat)["double"] == 0 and points(cheat)["square"] == 3
-    assert messages(cheat)["double"] == "ExerciseError: double: double(21) should be 42, got 63"
-    assert any("check cell double was edited" in note for note in cheat.notes)
+@needs_bwrap
+def test_a_copy_of_the_reference_is_flagged_not_refused(graded):
+    results, out, _ = graded
+    copier, teacher = results["copier"], results["teacher"]
+    assert points(copier)["alpha"] == 2 and [e.copied for e in copier.exercises] == [True, False]
+    assert [e.copied for e in teacher.exercises] == [True, False]  # the instructor's alpha is the reference's
+    assert "FLAG: the solution is the reference implementation" in copier.report.read_text(encoding="utf-8")
 
 
-def test_deleted_check_cell_is_restored(graded):
-    deleted = graded[0]["deleted"]
-    assert points(deleted)["square"] == 3
-    assert any("check cell square was missing" in note for note in deleted.notes)
+@needs_bwrap
+def test_an_older_handout_costs_only_the_exercise_whose_id_changed(graded):
+    older = graded[0]["older"]
+    assert points(older) == {"alpha": 0, "combine": 3}
+    assert messages(older)["alpha"] == "no solution cell alpha-solution in this notebook (made from an older handout?)"
 
 
-def test_infinite_loop_is_stopped_at_the_timeout_and_the_rest_is_graded(graded):
-    loop = graded[0]["loop"]
-    assert points(loop) == {"double": 0, "square": 3, "shout": 0}
-    assert "ran longer than 6 s" in messages(loop)["double"]
-
-
-def test_a_kernel_stuck_after_the_interrupt_is_replaced(graded):
-    stuck = graded[0]["stuck"]
-    assert points(stuck) == {"double": 2, "square": 3, "shout": 0}  # the loop sat between the two exercises
-    assert any("did not recover from the interrupt" in note for note in stuck.notes)
-
-
-def test_missing_import_costs_that_exercise_only(graded):
-    results, out = graded
-    noimport = results["noimport"]
-    assert points(noimport) == {"double": 0, "square": 3, "shout": 0}
-    assert messages(noimport)["double"] == "NameError: name 'double' is not defined"
-    report = results["noimport"].report.read_text(encoding="utf-8")
-    assert "ModuleNotFoundError: No module named &#x27;nonexistent_module_xyz&#x27;" in report
-
-
-def test_megabytes_of_output_are_cut(graded):
-    spam = graded[0]["spam"]
-    assert points(spam) == {"double": 2, "square": 3, "shout": 0}  # the PASS line after 3 MB still counts
-    cut = [note for note in spam.notes if f"more than {OUTPUT_CAP} characters of text" in note]
-    assert len(cut) == 2
-    assert spam.report.stat().st_size < 200_000
-
-
-def test_a_crashing_kernel_costs_the_exercise_it_crashed_in(graded):
+@needs_bwrap
+def test_a_crashing_kernel_does_not_cost_points_that_scoring_decides(graded):
     crash = graded[0]["crash"]
-    assert points(crash) == {"double": 0, "square": 3, "shout": 0}
-    assert "died" in messages(crash)["double"]
-    assert any("the kernel died" in note for note in crash.notes)
+    assert points(crash) == {"alpha": 2, "combine": 3}
+    assert any("the kernel died in cell 3" in note for note in crash.notes)
 
 
+@needs_bwrap
+def test_the_cell_timeout_interrupts_the_sandboxed_kernel_and_the_notebook_goes_on(graded):
+    results = graded[0]
+    loop, stuck = results["loop"], results["stuck"]
+    assert loop.total == stuck.total == 5  # scoring does not depend on the kernel
+    report = loop.report.read_text(encoding="utf-8")
+    assert f"cell 4: GraderTimeout: stopped: the cell ran longer than {TIMEOUT} s" in report
+    assert not loop.notes  # the interrupt worked: the same kernel ran the cells after it
+    assert report.count("data:image/png;base64,") == 1  # the figure drawn after the loop
+    assert any("did not recover from the interrupt: a new kernel ran the cells after it" in n for n in stuck.notes)
+
+
+@needs_bwrap
 def test_unreadable_notebook_scores_zero_and_says_why(graded):
     broken = graded[0]["broken"]
-    assert points(broken) == {"double": 2, "square": 3, "shout": 0}
-    assert "02_more.ipynb could not be read as a notebook" in messages(broken)["shout"]
+    assert broken.total == 0 and "could not be read as a notebook" in messages(broken)["alpha"]
 
 
-def test_report_shows_results_errors_and_figures(graded):
-    results, out = graded
-    report = (out / "wrong.html").read_text(encoding="utf-8")
-    assert results["wrong"].report == out / "wrong.html"
-    assert "3 / 6 points" in report
-    assert "double(21) should be 42, got 63" in report
-    assert report.count("class='fail'") == 2 and report.count("class='pass'") == 1
-    assert "y = 3 * x" in report  # the student's own solution code
-    figures = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", report)
+@needs_bwrap
+def test_grades_csv_results_and_marks_template(graded):
+    results, out, _ = graded
+    rows = list(csv.reader((out / "grades.csv").open(encoding="utf-8")))
+    assert rows[0] == ["student", "alpha", "combine", "why-z", "total", "max"]
+    by_student = {row[0]: row[1:] for row in rows[1:]}
+    assert sorted(by_student) == sorted(results) == ["blank", "broken", "copier", "crash", "loop", "older", "stuck",
+                                                      "teacher", "wrong"]
+    assert by_student["teacher"] == ["2", "3", "", "5", "7"]
+    assert by_student["wrong"] == ["0", "3", "", "3", "7"]
+    assert sorted(p.name for p in (out / "results").iterdir()) == [f"{s}.json" for s in sorted(results)]
+    template = list(csv.reader((out / "marks-template.csv").open(encoding="utf-8")))
+    assert template[0] == ["student", "question", "points", "max", "comment"]
+    assert ["copier", "why-z", "", "2", ""] in template and len(template) == 1 + len(results)
+
+
+@needs_bwrap
+def test_report_shows_results_written_answers_next_to_the_mark_scheme_and_figures(graded):
+    results, out, _ = graded
+    report = results["copier"].report.read_text(encoding="utf-8")
+    assert results["copier"].report == out / "copier.html"
+    assert "2 / 7 points" in report
+    assert "Because &lt;b&gt;1/Z&lt;/b&gt; scales every position alike." in report  # escaped, never HTML
+    assert "Normalisation divides by the range, and 1/Z scales every value alike." in report
+    assert report.index("Because &lt;b&gt;") < report.index("Normalisation divides")  # answer, then scheme
+    assert "not marked yet / 2" in report
+    assert "# my own words" in report  # the solution code
+    teacher = results["teacher"].report.read_text(encoding="utf-8")
+    figures = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", teacher)
     assert len(figures) == 1 and len(figures[0]) > 1000
+
+
+@needs_bwrap
+def test_rerun_skips_graded_students_and_regrade_grades_again(graded, lab, tmp_path):
+    results, out, subs = graded
+    copy = tmp_path / "grades"
+    shutil.copytree(out, copy)
+    before = (copy / "results" / "wrong.json").read_text(encoding="utf-8")
+    (tmp_path / "marks.csv").write_text("student,question,points\nblank,why-z,1\n", encoding="utf-8")
+    merge_marks(tmp_path / "marks.csv", copy)
+    again = grade([subs / f"wrong_{NOTEBOOK}", subs / f"blank_{NOTEBOOK}"], copy, timeout=TIMEOUT, instructor_dir=lab,
+                  registry=EXERCISES, regrade=("blank",), progress=False)
+    assert [r.student for r in again] == ["blank", "wrong"]
+    assert (copy / "results" / "wrong.json").read_text(encoding="utf-8") == before  # skipped, not re-run
+    assert again[0].seconds > 0 and again[1].seconds == results["wrong"].seconds
+    assert [q.points for q in again[0].questions] == [1]  # the mark stays with the unchanged answer
+    rows = list(csv.reader((copy / "grades.csv").open(encoding="utf-8")))
+    assert len(rows) == 1 + len(results)  # the students of the first run are still there
+    with pytest.raises(LabError, match="--regrade nobody: no such student"):
+        grade([subs / f"wrong_{NOTEBOOK}"], copy, instructor_dir=lab, registry=EXERCISES, regrade=("nobody",),
+              progress=False)
+
+
+@needs_bwrap
+def test_manual_marks_merge_into_grades_csv_without_running_anything(graded, tmp_path, capsys):
+    results, out, _ = graded
+    copy = tmp_path / "grades"
+    shutil.copytree(out, copy)
+    marks = tmp_path / "marks.csv"
+    marks.write_text("student,question,points,max,comment\ncopier,why-z,1.5,2,half right\nteacher,why-z,2,2,\n"
+                     "wrong,why-z,,2,not marked yet\n", encoding="utf-8")
+    assert main(["grade", "--marks", str(marks), "--out", str(copy)]) == 0
+    rows = {row[0]: row[1:] for row in csv.reader((copy / "grades.csv").open(encoding="utf-8"))}
+    assert rows["copier"] == ["2", "0", "1.5", "3.5", "7"]
+    assert rows["teacher"] == ["2", "3", "2", "7", "7"]
+    assert rows["wrong"] == ["0", "3", "", "3", "7"]
+    assert "copier: 3.5 / 7" in capsys.readouterr().out
+    for bad, why in (("nobody,why-z,1", "no graded student 'nobody'"), ("copier,what,1", "no written answer 'what'"),
+                     ("copier,why-z,3", "3 points is outside 0..2"), ("copier,why-z,lots", "is not a number")):
+        marks.write_text(f"student,question,points\n{bad}\n", encoding="utf-8")
+        before = (copy / "grades.csv").read_bytes()
+        assert main(["grade", "--marks", str(marks), "--out", str(copy)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
+        assert (copy / "grades.csv").read_bytes() == before  # nothing written
+
+
+def test_spreadsheet_formulas_are_neutralised_and_ids_make_safe_file_names():
+    for value in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"):
+        assert spreadsheet_safe(value) == "'" + value and from_spreadsheet(spreadsheet_safe(value)) == value
+    assert spreadsheet_safe("alice") == "alice" and from_spreadsheet("'quoted") == "'quoted"
+    assert file_name("alice") == "alice"
+    for student in ("../../etc/passwd", "a/b", "grades", ".hidden", "=x"):
+        name = file_name(student)
+        assert "/" not in name and not name.startswith(".") and name != "grades"
+    assert file_name("a/b") != file_name("a_b")
+
+
+def test_copies_are_detected_after_normalisation():
+    reference = "def f(x):\n    \"\"\"Doc.\"\"\"\n    y = x.mean(dim=(-2, -1))  # c\n    return y"
+    assert normalized_body(reference, "f") == normalized_body("def g(a):\n    b = a.mean(dim=(-2, -1))\n\n"
+                                                              "    return b", "g")
+    assert normalized_body(reference, "f") != normalized_body("def f(x):\n    return x.mean(dim=(-1, -2))", "f")
+    assert copies_reference("def my_alpha(g):\n    return g.mean(dim=(-2, -1))", EXERCISES[0])
+    assert not copies_reference("def my_alpha(g):\n    return g.mean((-2, -1))", EXERCISES[0])
+
+
+@needs_bwrap
+def test_no_sandbox_says_what_it_leaves_open_and_forgeries_still_earn_nothing(lab, handout, tmp_path, capsys,
+                                                                             monkeypatch):
+    subs = tmp_path / "subs"
+    shutil.copy(lab / NOTEBOOK, subs.mkdir() or subs / f"teacher_{NOTEBOOK}")
+    variant(handout, subs / f"forger_{NOTEBOOK}", lambda nb: (
+        nb.cells.insert(2, new_code_cell("import torch\ntorch.allclose = lambda *a, **k: True\n"
+                                         "get_ipython().showtraceback = lambda *a, **k: print('PASS')")),
+        set_solution(nb, "alpha-solution", "    import torch\n    torch.allclose = lambda *a, **k: True\n"
+                                           "    return torch.zeros(gradients.shape[:-2])")))
+    monkeypatch.setattr("labutils.instructor.grading.default_registry", lambda: EXERCISES)
+    assert main(["grade", str(subs), "--out", str(tmp_path / "g"), "--notebooks", str(lab), "--no-sandbox",
+                 "--timeout", str(TIMEOUT)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("warning: --no-sandbox") == 1 and "reads the answers from disk" in captured.err
+    rows = {row[0]: row[1:] for row in csv.reader((tmp_path / "g" / "grades.csv").open(encoding="utf-8"))}
+    assert rows["teacher"][:2] == ["2", "3"] and rows["forger"][:2] == ["0", "0"]
+
+
+def test_without_bubblewrap_grade_refuses_in_one_line(lab, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    assert main(["grade", str(lab / NOTEBOOK), "--notebooks", str(lab), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "apt-get install bubblewrap" in err and "--no-sandbox" in err
+    assert not (tmp_path / "g").exists()
 
 
 # ---------------------------------------------------------------- matching files to students
@@ -307,48 +299,55 @@ def test_student_id_comes_from_the_file_or_folder_name(tmp_path):
                  "readme.ipynb"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("{}", encoding="utf-8")
-    students, skipped = collect([tmp_path], lab)
-    assert students == {"dave": {"02_hooks.ipynb": tmp_path / "dave/02_hooks.ipynb"},
-                        "eve": {"02_hooks.ipynb": tmp_path / "eve_02_hooks.ipynb"}}
-    assert len(skipped) == 1 and "readme.ipynb" in skipped[0]
+    os.symlink("/etc/passwd", tmp_path / "link_02_hooks.ipynb")
+    os.symlink(tmp_path / "dave", tmp_path / "linked")
+    students, skipped = collect([tmp_path, tmp_path / "eve_02_hooks.ipynb"], lab)  # eve's file given twice
+    assert students == {"dave": {"02_hooks.ipynb": [tmp_path / "dave/02_hooks.ipynb"]},
+                        "eve": {"02_hooks.ipynb": [tmp_path / "eve_02_hooks.ipynb"]}}
+    assert sorted(line.split(":")[0] for line in skipped) == [
+        f"refused {tmp_path / 'link_02_hooks.ipynb'}", f"refused {tmp_path / 'linked'}",
+        f"skipped {tmp_path / 'readme.ipynb'}"]
     (tmp_path / "dave_02_hooks.ipynb").write_text("{}", encoding="utf-8")
-    with pytest.raises(LabError, match="two submissions of 02_hooks.ipynb for dave"):
-        collect([tmp_path], lab)
+    students, _ = collect([tmp_path], lab)
+    assert len(students["dave"]["02_hooks.ipynb"]) == 2  # a conflict, kept for dave's row to report
     with pytest.raises(LabError, match="does not exist"):
         collect([tmp_path / "nowhere"], lab)
 
 
-def test_grade_command_errors_are_one_line(tmp_path, lab, capsys):
-    assert main(["grade", str(tmp_path / "nowhere"), "--notebooks", str(lab)]) == 2
+def test_grade_command_errors_are_one_line(tmp_path, lab, capsys, monkeypatch):
+    monkeypatch.setattr("labutils.instructor.grading.default_registry", lambda: EXERCISES)
+    assert main(["grade", str(tmp_path / "nowhere"), "--notebooks", str(lab), "--no-sandbox"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and err.count("\n") == 1
     (tmp_path / "empty").mkdir()
-    assert main(["grade", str(tmp_path / "empty"), "--notebooks", str(lab), "--out", str(tmp_path / "g")]) == 2
+    assert main(["grade", str(tmp_path / "empty"), "--notebooks", str(lab), "--out", str(tmp_path / "g"),
+                 "--no-sandbox"]) == 2
     assert "no .ipynb files" in capsys.readouterr().err
-    assert main(["grade", str(lab / "01_tiny.ipynb"), "--notebooks", str(tmp_path / "empty")]) == 2
-    assert "no notebook with graded check cells" in capsys.readouterr().err
+    assert main(["grade", "--out", str(tmp_path / "g")]) == 2
+    assert "give the submissions to grade" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
 
 
 # ---------------------------------------------------------------- student versions (synthetic)
 
 
-def test_student_version_replaces_solutions_and_keeps_the_rest(lab, tmp_path):
-    source = nbformat.read(lab / "01_tiny.ipynb", as_version=4)
-    source.cells[3].outputs = [nbformat.v4.new_output("stream", name="stdout", text="PASS: double — ok\n")]
+def test_student_version_replaces_solutions_and_keeps_the_rest(lab):
+    source = nbformat.read(lab / NOTEBOOK, as_version=4)
+    source.cells[3].outputs = [nbformat.v4.new_output("stream", name="stdout", text="PASS: alpha\n")]
     source.cells[3].execution_count = 4
     source.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
-    nb = student_version(source, "01_tiny")
+    nb = student_version(source, NOTEBOOK)
     nbformat.validate(nb)
     assert "widgets" not in nb.metadata and "widgets" in source.metadata  # the original is untouched
     assert len(nb.cells) == len(source.cells)
-    double = nb.cells[2].source
-    assert double == 'def double(x):\n    """Twice x."""\n    # YOUR CODE HERE\n    raise NotImplementedError()'
+    alpha = cell(nb, "alpha-solution").source
+    assert alpha == ('def my_alpha(gradients):\n    """Equation (1): average over the h*w positions."""\n'
+                     '    # YOUR CODE HERE\n    raise NotImplementedError()')
     namespace: dict = {}
-    exec(compile(double, "cell", "exec"), namespace)  # still a valid function, that says it is unfinished
+    exec(compile(alpha, "cell", "exec"), namespace)  # still a valid function, that says it is unfinished
     with pytest.raises(NotImplementedError):
-        namespace["double"](1)
-    assert nb.cells[7].source == "Why do squares grow?\n\nYOUR ANSWER HERE\n"
+        namespace["my_alpha"](1)
+    assert cell(nb, "why-z").source == "Why does 1/Z drop out after normalisation?\n\nYOUR ANSWER HERE"
     for before, after in zip(source.cells, nb.cells):
         assert after.metadata == before.metadata and after.get("id") == before.get("id")
         if after.cell_type == "code":
@@ -358,21 +357,21 @@ def test_student_version_replaces_solutions_and_keeps_the_rest(lab, tmp_path):
 
 
 def test_student_command_writes_every_notebook(lab, tmp_path, capsys):
-    assert main(["student", str(lab / "00_intro.ipynb"), str(lab / "01_tiny.ipynb"), "--out",
-                 str(tmp_path / "handout")]) == 0
+    assert main(["student", str(lab / "00_intro.ipynb"), str(lab / NOTEBOOK), "--out", str(tmp_path / "h")]) == 0
     written = capsys.readouterr().out.split()
-    assert written == [str(tmp_path / "handout" / "00_intro.ipynb"), str(tmp_path / "handout" / "01_tiny.ipynb")]
-    assert "2 * x" not in (tmp_path / "handout" / "01_tiny.ipynb").read_text(encoding="utf-8")
+    assert written == [str(tmp_path / "h" / "00_intro.ipynb"), str(tmp_path / "h" / NOTEBOOK)]
+    assert "gradients.mean" not in (tmp_path / "h" / NOTEBOOK).read_text(encoding="utf-8")
 
 
 def test_unpaired_markers_are_an_error_and_nothing_is_written(lab, tmp_path):
-    bad = edited(lab / "01_tiny.ipynb", tmp_path / "in" / "02_bad.ipynb",
-                 lambda nb: set_body(nb, "square-solution", "    ### END SOLUTION", ""))
+    bad = variant(lab / NOTEBOOK, tmp_path / "in" / "02_bad.ipynb",
+                  lambda nb: setattr(cell(nb, "combine-solution"), "source",
+                                     cell(nb, "combine-solution").source.replace("    ### END SOLUTION", "")))
     with pytest.raises(LabError, match=r"02_bad.ipynb, cell 6: the BEGIN marker on line 3 has no END marker"):
-        make_student_versions([lab / "01_tiny.ipynb", bad], tmp_path / "out")
+        make_student_versions([lab / NOTEBOOK, bad], tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with pytest.raises(LabError, match="would overwrite the solutions"):
-        make_student_versions([lab / "01_tiny.ipynb"], lab)
+        make_student_versions([lab / NOTEBOOK], lab)
 
 
 # ---------------------------------------------------------------- the real lab
@@ -434,29 +433,28 @@ def first_check(nb: nbformat.NotebookNode) -> int:
     return graded[0] if graded else len(nb.cells)
 
 
-def test_lab_student_notebook_stops_at_the_first_exercise_with_one_line(tmp_path, lab_env):
+def test_lab_student_notebook_reports_its_first_unfinished_exercise_in_one_line_and_goes_on(tmp_path, lab_env):
     """The student version of the notebook that reaches its first exercise soonest, run up to that check."""
     students = [nbformat.read(p, as_version=4) for p in make_student_versions(lab_notebooks(), tmp_path)]
     with_checks = [nb for nb in students if first_check(nb) < len(nb.cells)]
     nb = min(with_checks, key=lambda nb: sum(c.cell_type == "code" for c in nb.cells[: first_check(nb)]))
     check = first_check(nb)
     nb.cells = nb.cells[: check + 1]
-    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [(n, o) for n, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]
-    assert len(errors) == 1 and errors[0][0] == check, f"errors before the first exercise: {errors}"
-    error = errors[0][1]
+    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=False,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()  # no cell raises
     grade_id = nb.cells[check].metadata["nbgrader"]["grade_id"]
-    assert error.ename == "ExerciseError"
-    assert error.evalue.startswith(f"{grade_id}: not implemented yet — write ")
-    assert error.traceback == [f"FAIL: {error.evalue}"]  # one line, not a wall of traceback
+    printed = "".join(o.get("text", "") for o in nb.cells[check].outputs if o.output_type == "stream")
+    assert len(printed.strip().splitlines()) == 1, printed
+    assert printed.startswith(f"FAIL: {grade_id}: not implemented yet — write "), printed
 
 
+@needs_bwrap
 def test_lab_grading_instructor_full_marks_student_zero(tmp_path, lab_env):
-    notebooks = [p for p in lab_notebooks() if '"grade": true' in p.read_text(encoding="utf-8")]
-    assert [p.name for p in notebooks] == ["02_hooks.ipynb", "03_gradcam_math.ipynb",
-                                           "04_guided_and_counterfactual.ipynb"]
+    """The real lab end to end: the instructor's notebooks score full marks, their student versions zero."""
+    from labutils.instructor.grading import default_registry
+
+    registry = default_registry()
+    notebooks = sorted({REPO_ROOT / "notebooks" / e.notebook for e in registry})
     (tmp_path / "instructor").mkdir()
     for path in notebooks:
         shutil.copy(path, tmp_path / "instructor" / path.name)
@@ -464,15 +462,17 @@ def test_lab_grading_instructor_full_marks_student_zero(tmp_path, lab_env):
     results = grade([tmp_path / "instructor", tmp_path / "student"], tmp_path / "grades", jobs=2, progress=False)
     by_student = {r.student: r for r in results}
     assert sorted(by_student) == ["instructor", "student"]
-    ids = ["save_gradient", "alpha", "combine", "postprocess", "guided_relu", "counterfactual"]
     instructor, student = by_student["instructor"], by_student["student"]
-    assert [e.grade_id for e in instructor.exercises] == ids
-    declared = sum(float(c.metadata["nbgrader"]["points"]) for p in notebooks
-                   for c in nbformat.read(p, as_version=4).cells if c.metadata.get("nbgrader", {}).get("grade"))
-    assert instructor.total == instructor.max_points == declared > 0, [e.message for e in instructor.exercises]
-    assert student.total == 0 and student.max_points == declared
+    assert sorted(e.grade_id for e in instructor.exercises) == sorted(e.grade_id for e in registry)
+    assert all(e.passed for e in instructor.exercises), [e.message for e in instructor.exercises if not e.passed]
+    auto = sum(e.max_points for e in instructor.exercises)
+    assert sum(e.points for e in instructor.exercises) == auto > 0
+    assert sum(e.points for e in student.exercises) == 0
     for e in student.exercises:
-        assert e.message.startswith(f"ExerciseError: {e.grade_id}: not implemented yet"), e.message
+        assert "not implemented" in e.message.lower(), e.message
+    assert instructor.questions and [q.grade_id for q in student.questions] == [q.grade_id for q in
+                                                                                instructor.questions]
+    assert all("YOUR ANSWER HERE" in q.answer and q.scheme and q.scheme not in q.answer for q in student.questions)
     report = instructor.report.read_text(encoding="utf-8")
     assert report.count("data:image/png;base64,") >= 3  # the notebooks' own figures
     print(f"graded the lab twice in {instructor.seconds:.0f} s (instructor) and {student.seconds:.0f} s (student) "

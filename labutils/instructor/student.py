@@ -27,9 +27,9 @@ from pathlib import Path
 
 import nbformat
 
-from .errors import LabError
+from ..errors import LabError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CODE_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 TEXT_STUB = "YOUR ANSWER HERE"
 

@@ -1,0 +1,1 @@
+"""Instructor tooling: student versions, sandboxed grading and scoring (not needed by students)."""

@@ -1,0 +1,454 @@
+"""Scoring an exercise where the student's code never decides: the grader's side.
+
+For each exercise of a submission the grader takes the solution cell's code from its own copy of the
+submitted file, sends it with the notebook's import lines and the cases (the fixed ones students see,
+and ones drawn fresh for this submission) to a scoring process (:mod:`labutils.instructor.scorer`)
+in its own sandbox, and reads back plain data. ``exercise.diagnose`` then judges each outcome here,
+in the grader's process: an exercise earns its points only if every case is right.
+
+One scoring process per set of allowed modules serves the whole run (torch is imported once); it
+forks a child per exercise. Its sandbox holds only the files of torch, numpy (and what they load),
+``labutils.exercise`` and the exercise's ``modules``, copied into a folder of their own: the
+reference implementations, the rest of labutils, Captum & co. and the lab's files are absent.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import importlib.util
+import inspect
+import json
+import os
+import secrets
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..exercise import Case, Exercise, Net, Outcome
+from .plain import PlainError, decode, encode
+from .sandbox import Cgroup, Limits, bwrap_argv, make_cgroup, python_dirs, rlimit_prefix
+
+PACKAGE = Path(__file__).resolve().parents[1]  # labutils/
+STAGED = ("__init__.py", "exercise.py", "errors.py", "instructor/__init__.py", "instructor/plain.py",
+          "instructor/scorer.py")  # fmt: skip
+SCORE_TIMEOUT = 60.0  # seconds for one exercise's cases, all together
+START_TIMEOUT = 180.0  # seconds for a scoring process to import torch and say it is ready
+PROBE = """
+import importlib, json, sys
+import numpy, torch
+import labutils.exercise, labutils.instructor.plain
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+files |= {line.split()[-1] for line in open("/proc/self/maps") if line.split()[-1].startswith("/")}
+print(json.dumps(sorted(f for f in files if f)))
+"""
+
+
+@dataclass
+class Verdict:
+    """What scoring one exercise of one submission found."""
+
+    passed: bool
+    message: str  # "PASS: ..." or the one line that says why not
+    cases: int = 0
+
+
+# ---------------------------------------------------------------- the solution's code
+
+
+def python_source(source: str) -> str:
+    """A cell's code with IPython magics and shell lines commented out."""
+    return "\n".join("#" + line if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
+
+
+def _plain_constant(value: Any) -> bool:
+    if type(value) in (tuple, frozenset):
+        return all(_plain_constant(v) for v in value)
+    return value is None or type(value) in (bool, int, float, str)
+
+
+def _labutils_line(node: ast.ImportFrom) -> list[str]:
+    """A ``from labutils... import`` line as the scoring process can run it: constants as values (``MB = 1048576``),
+    names that labutils re-exports from the module that defines them (``from labutils.models import get_layer``)."""
+    try:
+        module = importlib.import_module(node.module or "")
+    except Exception:
+        return [ast.unparse(node)]
+    lines = []
+    for alias in node.names:
+        bound = alias.asname or alias.name
+        value = getattr(module, alias.name, None)
+        home = getattr(value, "__module__", None)
+        if alias.name == "*" or value is None:
+            lines.append(ast.unparse(ast.ImportFrom(node.module, [alias], 0)))
+        elif _plain_constant(value):
+            lines.append(f"{bound} = {value!r}")
+        elif isinstance(home, str) and home.startswith("labutils.") and home != node.module \
+                and getattr(importlib.import_module(home), alias.name, None) is value:
+            lines.append(f"from {home} import {alias.name}" + (f" as {alias.asname}" if alias.asname else ""))
+        else:
+            lines.append(ast.unparse(ast.ImportFrom(node.module, [alias], 0)))
+    return lines
+
+
+def import_lines(sources: list[str]) -> list[str]:
+    """What the solution may use from the cells before it: their top-level imports (labutils constants as values,
+    re-exported names from their own module) and literal constants (``SIZE = (224, 224)``), one statement a line."""
+    lines = []
+    for source in sources:
+        try:
+            tree = ast.parse(python_source(source))
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "labutils":
+                lines += _labutils_line(node)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                lines.append(ast.unparse(node))
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try:
+                    ast.literal_eval(node.value)
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    continue
+                lines.append(ast.unparse(node))
+    return list(dict.fromkeys(lines))
+
+
+class _Renamed(ast.NodeTransformer):
+    """Argument and local names -> positional placeholders, so renaming does not hide a copy."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = {name: f"_v{n}" for n, name in enumerate(names)}
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        return ast.copy_location(ast.Name(self.names.get(node.id, node.id), node.ctx), node)
+
+
+def normalized_body(source: str, function: str) -> str | None:
+    """The body of ``def function`` in ``source`` without docstring, comments and names of its own; None if absent."""
+    try:
+        tree = ast.parse(python_source(source))
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function:
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                body = body[1:]
+            args = [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
+            assigned = [t.id for n in ast.walk(ast.Module(body=body, type_ignores=[])) if isinstance(n, ast.Assign)
+                        for t in n.targets if isinstance(t, ast.Name)]
+            module = ast.Module(body=body, type_ignores=[])
+            return ast.dump(_Renamed(list(dict.fromkeys(args + assigned))).visit(module), annotate_fields=False)
+    return None
+
+
+def reference_body(reference: str) -> str | None:
+    """The normalised body of the reference ``module:function`` (read from its source file, not run)."""
+    if not reference or ":" not in reference:
+        return None
+    module, function = reference.split(":", 1)
+    try:
+        spec = importlib.util.find_spec(module)
+        source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else None
+    except (ImportError, ValueError, OSError):
+        return None
+    return normalized_body(source, function) if source else None
+
+
+def copies_reference(code: str, exercise: Exercise) -> bool:
+    """Whether the solution's function body is the reference's, once normalised (the instructor judges)."""
+    reference = reference_body(exercise.reference)
+    return reference is not None and normalized_body(code, exercise.function) == reference
+
+
+# ---------------------------------------------------------------- cases and verdicts
+
+
+def draw_cases(exercise: Exercise) -> tuple[list[Case], int]:
+    """The fixed cases, then cases drawn fresh for this submission; and how many are fixed."""
+    fixed = list(exercise.cases(None))
+    fresh = list(exercise.cases(torch.Generator().manual_seed(secrets.randbits(62))))
+    return fixed + fresh, len(fixed)
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, Net):
+        return {"net": True, "builder": value.builder, "seed": int(value.seed)}
+    return value
+
+
+def _outcome(entry: Any) -> Outcome:
+    """An Outcome from decoded plain data; PlainError if its fields have the wrong types."""
+    if type(entry) is not dict or set(entry) != {"result", "error", "changed_inputs", "hooks_left"}:
+        raise PlainError("an outcome with the wrong fields")
+    error, changed, hooks = entry["error"], entry["changed_inputs"], entry["hooks_left"]
+    if not (error is None or type(error) is str) or type(changed) is not list or type(hooks) is not list \
+            or not all(type(i) is int for i in changed) or not all(type(h) is str for h in hooks):
+        raise PlainError("an outcome with fields of the wrong types")
+    return Outcome(entry["result"], error, tuple(changed), tuple(hooks))
+
+
+def verdict(exercise: Exercise, cases: list[Case], fixed: int, reply: Any) -> Verdict:
+    """Judge the scoring process's reply with ``exercise.diagnose``; every case must be right."""
+    if type(reply) is not dict or "outcomes" not in reply:
+        return Verdict(False, "the scoring process answered something unreadable")
+    if reply.get("failure"):
+        return Verdict(False, str(reply["failure"])[:400])
+    outcomes = reply["outcomes"]
+    if type(outcomes) is not list or not 0 < len(outcomes) <= len(cases):
+        return Verdict(False, "the scoring process answered for the wrong number of cases")
+    if len(outcomes) < len(cases) and not (type(outcomes[-1]) is dict and outcomes[-1].get("error")):
+        return Verdict(False, "the scoring process answered for too few cases")  # it stops at an error, only there
+    for n, (case, entry) in enumerate(zip(cases, outcomes)):
+        try:
+            problem = exercise.diagnose(case, _outcome(entry))
+        except PlainError as error:
+            problem = f"unreadable result ({error})"
+        except Exception as error:  # a result so unexpected that the diagnosis itself failed
+            problem = f"an unexpected result ({type(error).__name__}: {str(error)[:200]})"
+        if problem:
+            where = case.name if n < fixed else f"{case.name} (drawn for grading)"
+            return Verdict(False, f"{' '.join(str(problem).split())[:400]} — on {where}", len(cases))
+    return Verdict(True, f"PASS: {exercise.function} is right on {len(cases)} cases ({fixed} fixed, "
+                         f"{len(cases) - fixed} drawn for grading)", len(cases))
+
+
+# ---------------------------------------------------------------- the scoring processes
+
+
+def _labutils_imports(module: str) -> set[str]:
+    """The labutils modules that ``module``'s source imports (relative or absolute), read from its file."""
+    parts = module.split(".")
+    path = PACKAGE.joinpath(*parts[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return set()
+    package = parts[:-1] if path.name != "__init__.py" else parts
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            name = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            candidates = [name] + [f"{name}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        for candidate in candidates:
+            bits = candidate.split(".")
+            target = PACKAGE.joinpath(*bits[1:])
+            if bits[0] == "labutils" and len(bits) > 1 and (target.with_suffix(".py").is_file() or target.is_dir()):
+                found.add(candidate)
+    return found
+
+
+def _with_dependencies(modules: tuple[str, ...]) -> list[str]:
+    """``modules`` and every labutils module they import, transitively (what their copies need)."""
+    todo, seen = [m for m in modules if m.startswith("labutils.")], set()
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += sorted(_labutils_imports(module) - seen)
+    return sorted(seen)
+
+
+def _stage(modules: tuple[str, ...], folder: Path) -> Path:
+    """A copy of the few labutils files the scoring process may see: exercise, plain data, the scorer, modules."""
+    root = folder / "labutils"
+    for name in STAGED:
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("__init__.py"):
+            target.write_text('"""The files of labutils a scoring process may import."""\n', encoding="utf-8")
+        else:
+            shutil.copy(PACKAGE / name, target)
+    for module in _with_dependencies(modules):
+        parts = module.split(".")
+        if parts[0] != "labutils" or len(parts) < 2:
+            continue
+        source = PACKAGE.joinpath(*parts[1:])
+        if source.is_dir():
+            shutil.copytree(source, root.joinpath(*parts[1:]), dirs_exist_ok=True)
+        elif source.with_suffix(".py").is_file():
+            target = root.joinpath(*parts[1:]).with_suffix(".py")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for n in range(2, len(parts)):
+                init = root.joinpath(*parts[1:n], "__init__.py")
+                if not init.exists():
+                    init.write_text("", encoding="utf-8")
+            shutil.copy(source.with_suffix(".py"), target)
+    return folder
+
+
+def site_dirs() -> list[Path]:
+    """Every folder of installed packages the environment could import from."""
+    found = {Path(p).resolve() for p in sys.path if p and ("site-packages" in p or "dist-packages" in p)}
+    for prefix in {sys.prefix, sys.base_prefix, "/usr", "/usr/local"}:
+        for pattern in ("lib*/python3*/site-packages", "lib*/python3*/dist-packages", "lib/python3/dist-packages"):
+            found |= {p.resolve() for p in Path(prefix).glob(pattern) if p.is_dir()}
+    return sorted(found)
+
+
+def needed_entries(stage: Path, modules: tuple[str, ...]) -> list[Path]:
+    """The entries of the site folders that importing torch, numpy and ``modules`` touches (a probe run)."""
+    env = {**os.environ, "PYTHONPATH": str(stage), "PYTHONDONTWRITEBYTECODE": "1"}
+    probe = subprocess.run([sys.executable, "-c", PROBE, *modules], capture_output=True, text=True, env=env,
+                           timeout=START_TIMEOUT, cwd=str(stage))
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the scoring process cannot import {', '.join(modules) or 'torch'}: {last}")
+    entries = set()
+    sites = site_dirs()
+    for name in json.loads(probe.stdout):
+        path = Path(name)
+        for site in sites:
+            if site in path.parents:
+                entries.add(site / path.relative_to(site).parts[0])
+    return sorted(entries)
+
+
+@dataclass
+class ScoringSetup:
+    """How scoring processes are started in this run."""
+
+    sandboxed: bool
+    limits: Limits
+    hidden: list[Path]  # folders never visible (the repository, submissions, grades)
+    cgroups: bool = True
+    threads: int = 1
+    timeout: float = SCORE_TIMEOUT  # seconds for one exercise's cases
+    modules: tuple[str, ...] = ()  # every exercise's modules: one probe finds the files they all need
+    entries: Optional[list[Path]] = None  # what that probe found (site-packages entries)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="labutils-scoring-")))
+
+
+class Scorer:
+    """One scoring process (one set of allowed modules), restarted when it dies."""
+
+    def __init__(self, modules: tuple[str, ...], setup: ScoringSetup) -> None:
+        self.modules, self.setup = modules, setup
+        self.lock = asyncio.Lock()
+        self.process: Optional[asyncio.subprocess.Process] = None
+        self.cgroup: Optional[Cgroup] = None
+        self.stage = _stage(modules, Path(tempfile.mkdtemp(prefix="stage-", dir=setup.workdir)))
+        self.entries: Optional[list[Path]] = None
+
+    def argv(self) -> list[str]:
+        command = [sys.executable, "-m", "labutils.instructor.scorer"]
+        if not self.setup.sandboxed:
+            return command
+        if self.setup.entries is None:  # once per run, for all the scoring processes
+            every = tuple(sorted(set(self.setup.modules) | set(self.modules)))
+            probe = _stage(every, Path(tempfile.mkdtemp(prefix="probe-", dir=self.setup.workdir)))
+            self.setup.entries = needed_entries(probe, every)
+        self.entries = self.setup.entries
+        env = {"PYTHONPATH": str(self.stage), "PATH": "/usr/bin:/bin", "HOME": "/tmp/home", "LC_ALL": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": str(self.setup.threads),
+               "TMPDIR": "/tmp"}  # fmt: skip
+        readable = python_dirs(self.setup.hidden + [PACKAGE.parent]) + [self.stage]
+        argv = bwrap_argv([*command, "--sandboxed"], readable=readable, writable=[], env=env, masked=site_dirs(),
+                          shown=self.entries)
+        if self.setup.cgroups:
+            self.cgroup = make_cgroup(self.setup.limits)
+        return (self.cgroup.prefix() if self.cgroup else rlimit_prefix(self.setup.limits)) + argv
+
+    async def _start(self) -> None:
+        argv = await asyncio.get_running_loop().run_in_executor(None, self.argv)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(self.stage), "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": str(self.setup.threads)}  # nothing else of the grader's environment
+        self.process = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            start_new_session=True, cwd=str(self.stage))
+        ready = await asyncio.wait_for(self._read(), START_TIMEOUT)
+        if ready != b"ready":
+            raise RuntimeError("the scoring process did not start")
+
+    async def _read(self) -> bytes:
+        assert self.process and self.process.stdout
+        head = await self.process.stdout.readexactly(8)
+        (size,) = struct.unpack("<Q", head)
+        return await self.process.stdout.readexactly(size)
+
+    async def stop(self) -> None:
+        if self.process and self.process.returncode is None:
+            try:
+                self.process.kill()
+            except ProcessLookupError:
+                pass
+            await self.process.wait()
+        self.process = None
+        if self.cgroup:
+            await asyncio.get_running_loop().run_in_executor(None, self.cgroup.remove)
+            self.cgroup = None
+
+    async def score(self, request: dict, timeout: float) -> Any:
+        """The decoded reply to one request (a dict with ``failure`` and ``outcomes``)."""
+        async with self.lock:
+            for attempt in (1, 2):
+                try:
+                    if self.process is None or self.process.returncode is not None:
+                        await self.stop()
+                        await self._start()
+                    break
+                except (OSError, RuntimeError, asyncio.TimeoutError, asyncio.IncompleteReadError) as error:
+                    await self.stop()
+                    if attempt == 2:
+                        return {"failure": f"the scoring process did not start ({type(error).__name__}: {error})",
+                                "outcomes": []}
+            assert self.process and self.process.stdin
+            data = encode({**request, "timeout": timeout})
+            try:
+                self.process.stdin.write(struct.pack("<Q", len(data)) + data)
+                await self.process.stdin.drain()
+                answer = await asyncio.wait_for(self._read(), timeout + 30)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                await self.stop()  # killed from inside (os.kill(os.getppid(), 9)), or stuck: a new one next time
+                return {"failure": "the scoring process was killed while it ran this solution", "outcomes": []}
+        try:
+            return decode(answer)
+        except PlainError as error:
+            return {"failure": f"the scoring process answered something unreadable ({error})", "outcomes": []}
+
+
+class ScoringPool:
+    """The scoring processes of one grading run, one per set of allowed modules."""
+
+    def __init__(self, setup: ScoringSetup) -> None:
+        self.setup = setup
+        self.scorers: dict[tuple[str, ...], Scorer] = {}
+
+    def scorer(self, modules: tuple[str, ...]) -> Scorer:
+        key = tuple(sorted(set(modules)))
+        if key not in self.scorers:
+            self.scorers[key] = Scorer(key, self.setup)
+        return self.scorers[key]
+
+    async def score(self, exercise: Exercise, code: str, prelude: list[str]) -> Verdict:
+        """Score one exercise of one submission."""
+        try:
+            cases, fixed = draw_cases(exercise)
+            request = {"code": code, "prelude": prelude, "function": exercise.function,
+                       "modules": list(exercise.modules), "cases": [[_wire(a) for a in c.args] for c in cases]}
+        except Exception as error:  # the registry's own cases failed: an instructor's bug, said plainly
+            return Verdict(False, f"the grader could not draw this exercise's cases ({type(error).__name__}: {error})")
+        reply = await self.scorer(tuple(exercise.modules)).score(request, self.setup.timeout)
+        return verdict(exercise, cases, fixed, reply)
+
+    async def close(self) -> None:
+        for scorer in self.scorers.values():
+            await scorer.stop()
+        shutil.rmtree(self.setup.workdir, ignore_errors=True)
