@@ -65,7 +65,10 @@ def _alpha(case: Case, got: object) -> Optional[str]:
     )  # fmt: skip
 
 
-ALPHA = Exercise("alpha", NOTEBOOK, "my_alpha", (), gradient_cases, diagnosis("my_alpha", _alpha))
+ALPHA = Exercise(
+    "alpha", NOTEBOOK, "my_alpha", (), gradient_cases, diagnosis("my_alpha", _alpha),
+    reference="labutils.gradcam:alpha_weights",
+)
 
 
 # ---------------------------------------------------------------- combine: equation (2)
@@ -113,7 +116,10 @@ def _combine(case: Case, got: object) -> Optional[str]:
     )  # fmt: skip
 
 
-COMBINE = Exercise("combine", NOTEBOOK, "my_combine", (), combine_cases, diagnosis("my_combine", _combine))
+COMBINE = Exercise(
+    "combine", NOTEBOOK, "my_combine", (), combine_cases, diagnosis("my_combine", _combine),
+    reference="labutils.gradcam:combine",
+)
 
 
 # ---------------------------------------------------------------- postprocess: section 5.5
@@ -177,7 +183,8 @@ def _postprocess(case: Case, got: object) -> Optional[str]:
 
 
 POSTPROCESS = Exercise(
-    "postprocess", NOTEBOOK, "my_postprocess", (), postprocess_cases, diagnosis("my_postprocess", _postprocess)
+    "postprocess", NOTEBOOK, "my_postprocess", (), postprocess_cases, diagnosis("my_postprocess", _postprocess),
+    reference="labutils.gradcam:postprocess",
 )
 
 
@@ -230,6 +237,7 @@ def _gradcam(case: Case, got: object) -> Optional[str]:
 GRADCAM = Exercise(
     "gradcam", NOTEBOOK, "my_gradcam", ("labutils.nets", "labutils.steps"), gradcam_cases,
     diagnosis("my_gradcam", _gradcam),
+    reference="labutils.pipeline:gradcam_maps",
 )  # fmt: skip
 
 

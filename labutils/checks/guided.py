@@ -64,7 +64,8 @@ def _guided_relu(case: Case, got: object) -> Optional[str]:
 
 
 GUIDED_RELU = Exercise(
-    "guided_relu", NOTEBOOK, "my_guided_relu", (), relu_cases, diagnosis("my_guided_relu", _guided_relu)
+    "guided_relu", NOTEBOOK, "my_guided_relu", (), relu_cases, diagnosis("my_guided_relu", _guided_relu),
+    reference="labutils.guided:guided_relu_gradient",
 )
 
 

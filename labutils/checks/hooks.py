@@ -91,6 +91,7 @@ CAPTURE = Exercise(
     modules=("labutils.nets", "labutils.models"),
     cases=capture_cases,
     diagnose=diagnosis("my_capture", _capture, hooks_matter=True),
+    reference="labutils.steps:activations_and_gradients",
 )
 
 VERIFIED = {

@@ -61,7 +61,8 @@ def _pointing(case: Case, got: object) -> Optional[str]:
 
 
 POINTING_GAME = Exercise(
-    "pointing_game", NOTEBOOK, "my_pointing_game", (), pointing_cases, diagnosis("my_pointing_game", _pointing)
+    "pointing_game", NOTEBOOK, "my_pointing_game", (), pointing_cases, diagnosis("my_pointing_game", _pointing),
+    reference="labutils.sanity:pointing_game",
 )
 
 VERIFIED = {
