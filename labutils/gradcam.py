@@ -233,6 +233,13 @@ def lower_precision(device: torch.device, dtype: torch.dtype | None) -> ContextM
     return torch.autocast(device.type, dtype=dtype)
 
 
+def callers_autocast(device: torch.device, dtype: torch.dtype | None) -> torch.dtype | None:
+    """``dtype``, or the caller's ``torch.autocast`` dtype when the call runs inside one (else None)."""
+    if dtype is None and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype
+
+
 def alpha_by_autograd(
     model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor | None, dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -292,14 +299,16 @@ def gradcam(
     model = uncompiled(model)
     layer = layer or default_layer(model)
     targets = class_targets(classes, x.shape[0])
-    with explaining(model):
-        device = next(model.parameters()).device
+    device = next(model.parameters()).device
+    dtype = callers_autocast(device, dtype)
+    lower_precision(device, dtype)  # an unsupported dtype: LabError before anything runs
+    with explaining(model), torch.autocast(device.type, enabled=False):  # only the layers below `layer` autocast
         images = x.to(device)
         route = shortcut_route(model, layer) if shortcut else None
         if route is not None and route.shortcut:
             activations, scores, targets, alpha = alpha_by_shortcut(model, layer, route.linear, images, targets, dtype)
         else:
             activations, scores, targets, alpha = alpha_by_autograd(model, layer, images, targets, dtype)
-    path = "shortcut" if route is not None and route.shortcut else "autograd"
-    size = tuple(x.shape[-2:])
-    return explanation_from_alpha(layer, targets, scores, activations, alpha, size, counterfactual, path).to(x.device)
+        path = "shortcut" if route is not None and route.shortcut else "autograd"
+        size = tuple(x.shape[-2:])
+        return explanation_from_alpha(layer, targets, scores, activations, alpha, size, counterfactual, path).to(x.device)
