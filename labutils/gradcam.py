@@ -149,6 +149,11 @@ def top_classes(scores: torch.Tensor) -> torch.Tensor:
     return scores.argmax(dim=1, keepdim=True)
 
 
+def on_device(targets: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """The class indices on the model's device, copied before the forward pass (so nothing waits for it)."""
+    return None if targets is None else targets.to(device, non_blocking=True)
+
+
 def targets_for(scores: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
     """The classes (N, K) to explain, on the scores' device: the given ones, or each image's top-1."""
     return top_classes(scores) if targets is None else targets.to(scores.device)
@@ -304,6 +309,7 @@ def gradcam(
     lower_precision(device, dtype)  # an unsupported dtype: LabError before anything runs
     with explaining(model), torch.autocast(device.type, enabled=False):  # only the layers below `layer` autocast
         images = x.to(device)
+        targets = on_device(targets, device)
         route = shortcut_route(model, layer) if shortcut else None
         if route is not None and route.shortcut:
             activations, scores, targets, alpha = alpha_by_shortcut(model, layer, route.linear, images, targets, dtype)

@@ -23,7 +23,7 @@ from torch import nn
 
 from .gradcam import (
     ClassSpec, Explanation, alpha_weights, check_images, class_gradients, class_targets, explanation_from_alpha,
-    targets_for,
+    on_device, targets_for,
 )
 from .hooks import capture, explaining, uncompiled
 from .models import default_layer, get_layer
@@ -96,6 +96,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, classes: ClassSpec = None
     with explaining(model):
         device = next(model.parameters()).device
         image = x.detach().to(device).clone().requires_grad_(True)
+        targets = on_device(targets, device)
         with guided_relus(model), torch.enable_grad():
             scores = model(image)
             targets = targets_for(scores, targets)
@@ -122,6 +123,7 @@ def guided_gradcam(
     with explaining(model):
         device = next(model.parameters()).device
         image = x.detach().to(device).clone().requires_grad_(True)
+        targets = on_device(targets, device)
         route = shortcut_route(model, layer) if shortcut else None
         start = route.linear if route is not None and route.shortcut else layer  # where the first backward stops
         with capture(model, layer, save_gradients=False) as seen, guided_relus(model) as rule, torch.enable_grad(), \
