@@ -152,3 +152,14 @@ def test_bfloat16_maps_correlate_with_float32_maps(alexnet):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's own autocast: A^k and head in float32 too
         outer = gradcam(alexnet, x, classes)
     assert torch.equal(outer.raw, low.raw)
+
+
+def test_an_unsupported_dtype_is_one_clear_error(alexnet, images):
+    import pytest
+
+    from labutils.errors import LabError
+
+    with pytest.raises(LabError, match="torch.bfloat16"):
+        gradcam(alexnet, images[:1], 9, dtype=torch.int8)
+    assert_no_hooks(alexnet)
+    assert not torch.is_autocast_enabled("cpu")
