@@ -9,10 +9,11 @@ Read it next to the notebooks, one module per idea:
 - ``hooks``    forward and gradient hooks: A^k and dy^c/dA^k (section 5.1)
 - ``gradcam``  equations (1) and (2), post-processing, counterfactual maps
 - ``guided``   Guided Backpropagation and Guided Grad-CAM
+- ``shortcut`` the exact shortcut for equation (1) through VGG-16's / AlexNet's head (W1s^T g1)
 - ``overlay``  jet overlays and labelled figures
 - ``summary``  the architecture tables (the seed's Tables 1 and 2)
 
-The Grad-CAM itself is in ``hooks``, ``gradcam`` and ``guided``: start there. Around it:
+The Grad-CAM itself is in ``hooks``, ``gradcam`` and ``guided``: start there (``shortcut`` after). Around it:
 
 - ``cached``   Grad-CAM from kept feature maps: only the head is recomputed (for the explorer)
 - ``explorer`` the interactive ipywidgets explorer of the results notebook
@@ -27,6 +28,7 @@ from .errors import LabError
 from .gradcam import Explanation, alpha_weights, combine, gradcam, normalize, postprocess, upsample
 from .guided import guided_backprop, guided_gradcam
 from .hooks import Capture, capture
+from .shortcut import clear_shortcut_cache, shortcut_route
 from .models import (
     class_label,
     class_names,
@@ -45,6 +47,7 @@ __all__ = [
     "LabError",
     "alpha_weights",
     "capture",
+    "clear_shortcut_cache",
     "class_label",
     "class_names",
     "combine",
@@ -60,5 +63,6 @@ __all__ = [
     "postprocess",
     "predict",
     "resolve_class",
+    "shortcut_route",
     "upsample",
 ]

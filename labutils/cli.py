@@ -121,7 +121,8 @@ def write_outputs(args: argparse.Namespace, model: torch.nn.Module, image: LabIm
         picture = labelled(explanation_image(image.original, exp, n, k), title(model, exp, k, n), untrained_banner(model))
         save_atomically(out / name, lambda tmp: picture.save(tmp, format="PNG"))
     if args.npz:
-        arrays = {"classes": exp.classes[n].numpy(), "raw": exp.raw[n].numpy(), "map": exp.maps[n].numpy()}
+        arrays = {"classes": exp.classes[n].cpu().numpy(), "raw": exp.raw[n].cpu().numpy(),
+                  "map": exp.maps[n].cpu().numpy()}  # the maps are on the device of the input
         target = out / f"{Path(image.name).stem}_{args.model}_{exp.method}.npz"
         save_atomically(target, lambda tmp: np.savez(tmp, **arrays))  # tmp ends in .npz: numpy keeps the name
 

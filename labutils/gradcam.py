@@ -12,20 +12,33 @@ the network *more* sure of class c.
 ``gradcam(model, x, classes)`` does all of it for a batch of images and several classes at once:
 one forward pass, in which the layers below the target layer run without autograd (they need no
 gradient), and one backward pass through the head that carries the K classes' gradients together.
+Where the exact shortcut of ``labutils.shortcut`` holds (torchvision's VGG-16 and AlexNet at the
+seed's layer), that backward pass stops at the output of the classifier's first Linear: equation
+(1) is then ``(W1s^T g1)_k / Z``, the same alpha_k^c. The result's ``path`` says which way ran.
+
+The result is on the device of the input ``x`` (as Captum's). Nothing is copied to the host and
+nothing waits for the GPU, except the checks of the input. On a GPU, the convolutions use TF32 if
+PyTorch's global setting allows it (cuDNN's default; the maps then differ from the CPU's by up to a
+few percent of their peak): labutils never changes that process-wide setting, which another thread
+may rely on. For maps that match the CPU's, switch it off in your own program first:
+``torch.backends.cudnn.allow_tf32 = False`` (and keep ``torch.backends.cuda.matmul.allow_tf32``
+False, its default).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Union
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from typing import ContextManager, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ClassError, ImageError, ModelError
-from .hooks import capture
-from .models import default_layer, min_input_size, resolve_class
+from .errors import ClassError, ImageError, LabError, ModelError
+from .hooks import capture, explaining, uncompiled
+from .models import default_layer, get_layer, min_input_size, resolve_class
+from .shortcut import shortcut_alpha, shortcut_route, summed_weights
 
 ClassSpec = Union[int, str, Sequence[Union[int, str]], Sequence[Sequence[Union[int, str]]], torch.Tensor, None]
 
@@ -40,6 +53,12 @@ class Explanation:
     scores: torch.Tensor  # (N, K) class scores y^c (logits)
     raw: torch.Tensor  # (N, K, h, w): L^c at the layer's resolution; guided: (N, K, 3, H, W) input gradients
     maps: torch.Tensor  # (N, K, H, W) in [0, 1]; guided: (N, K, 3, H, W) in [0, 1] for display
+    path: str | None = None  # how equation (1) ran: "shortcut" (labutils.shortcut) or "autograd"
+
+    def to(self, device: torch.device | str) -> "Explanation":
+        """The same explanation with its tensors on ``device`` (e.g. ``"cpu"`` before ``.numpy()``)."""
+        return replace(self, classes=self.classes.to(device), scores=self.scores.to(device),
+                       raw=self.raw.to(device), maps=self.maps.to(device))
 
 
 # ---------------------------------------------------------------- the two equations
@@ -160,8 +179,18 @@ def class_targets(classes: ClassSpec, n_images: int) -> torch.Tensor | None:
 
 
 def top_classes(scores: torch.Tensor) -> torch.Tensor:
-    """Each image's top-1 class, (N, 1): the class explained when none is given."""
-    return scores.argmax(dim=1, keepdim=True).cpu()
+    """Each image's top-1 class, (N, 1): the class explained when none is given (on the scores' device)."""
+    return scores.argmax(dim=1, keepdim=True)
+
+
+def on_device(targets: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """The class indices on the model's device, copied before the forward pass (so nothing waits for it)."""
+    return None if targets is None else targets.to(device, non_blocking=True)
+
+
+def targets_for(scores: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """The classes (N, K) to explain, on the scores' device: the given ones, or each image's top-1."""
+    return top_classes(scores) if targets is None else targets.to(scores.device)
 
 
 def one_hot_seeds(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -175,11 +204,15 @@ def class_gradients(
 ) -> torch.Tensor:
     """dy^c/dA^k for the K classes (N, K) of every image: (N, K, C, h, w), from ONE backward pass.
 
-    The backward pass carries the K one-hot seeds together (autograd's ``is_grads_batched``): each
-    layer of the head multiplies its weights with all K gradients at once, and the forward pass
-    that produced ``scores`` is shared by all classes.
+    One class: a plain backward pass from y^c. K classes: the backward pass carries the K one-hot
+    seeds together (autograd's ``is_grads_batched``): each layer of the head multiplies its weights
+    with all K gradients at once, and the forward pass that produced ``scores`` is shared by all
+    classes. (``activations`` may be any tensor of the head's graph: the shortcut passes W1's output.)
     """
-    seeds = one_hot_seeds(scores, targets)
+    seeds = one_hot_seeds(scores, targets)  # (K, N, 1000)
+    if seeds.shape[0] == 1:
+        (gradient,) = torch.autograd.grad(scores, activations, seeds[0], retain_graph=retain_graph)
+        return gradient[:, None]
     (gradients,) = torch.autograd.grad(
         scores, activations, seeds, retain_graph=retain_graph, is_grads_batched=True
     )  # (K, N, C, h, w)
@@ -197,7 +230,7 @@ def cam_explanation(
 ) -> Explanation:
     """Equations (1) and (2) and section 5.5, from A^k (N, C, h, w) and dy^c/dA^k (N, K, C, h, w)."""
     alpha = alpha_weights(gradients)  # (N, K, C)
-    return explanation_from_alpha(layer, targets, scores, activations, alpha, size, counterfactual)
+    return explanation_from_alpha(layer, targets, scores, activations, alpha, size, counterfactual, "autograd")
 
 
 def explanation_from_alpha(
@@ -208,19 +241,75 @@ def explanation_from_alpha(
     alpha: torch.Tensor,
     size: tuple[int, int],
     counterfactual: bool = False,
+    path: str = "autograd",
 ) -> Explanation:
     """Equation (2) and section 5.5, from A^k (N, C, h, w) and the weights alpha_k^c (N, K, C)."""
     if counterfactual:
         alpha = -alpha  # the seed's counterfactual weights
-    raw = combine(alpha, activations.detach()[:, None])  # (N, K, h, w)
+    raw = combine(alpha, activations.detach().float()[:, None])  # (N, K, h, w)
+    targets = targets.to(scores.device)
     return Explanation(
         method="counterfactual" if counterfactual else "gradcam",
         layer=layer,
         classes=targets,
-        scores=scores.detach().gather(1, targets.to(scores.device)).cpu(),  # (N, K): y^c
-        raw=raw.cpu(),
-        maps=postprocess(raw, size).cpu(),
+        scores=scores.detach().float().gather(1, targets),  # (N, K): y^c
+        raw=raw,
+        maps=postprocess(raw, size),
+        path=path,
     )
+
+
+def lower_precision(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    """Autocast to ``dtype`` (bfloat16 / float16) for the layers below the target layer; None: float32.
+
+    The capture hook switches autocast off at the layer, so A^k, the head and its gradients are
+    float32 (as are equations (1) and (2) and the post-processing).
+    """
+    if dtype in (None, torch.float32):
+        return nullcontext()
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise LabError(f"dtype {dtype} is not supported: use torch.bfloat16, torch.float16 or None (float32)")
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def callers_autocast(device: torch.device, dtype: torch.dtype | None) -> torch.dtype | None:
+    """``dtype``, or the caller's ``torch.autocast`` dtype when the call runs inside one (else None)."""
+    if dtype is None and torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype
+
+
+def alpha_by_autograd(
+    model: nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor | None, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Equation (1) from dy^c/dA^k: the backward pass runs through the whole head, down to A^k.
+
+    Returns A^k (N, C, h, w), the scores y (N, 1000), the classes (N, K) and alpha_k^c (N, K, C).
+    """
+    with capture(model, layer, cut_graph=True, save_gradients=False) as seen, torch.no_grad():
+        with lower_precision(images.device, dtype):
+            scores = model(images)  # (N, 1000); autograd records only the layers above `layer`
+        targets = targets_for(scores, targets)
+        gradients = class_gradients(scores, seen.activations, targets)  # (N, K, C, h, w)
+    return seen.activations, scores, targets, alpha_weights(gradients)
+
+
+def alpha_by_shortcut(
+    model: nn.Module, layer: str, linear: str, images: torch.Tensor, targets: torch.Tensor | None,
+    dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Equation (1) by the shortcut (``labutils.shortcut``): the backward pass stops at W1's output g1.
+
+    Autograd records only the layers above the first Linear ``linear``. Same returns as ``alpha_by_autograd``.
+    """
+    with capture(model, layer, save_gradients=False) as seen, torch.no_grad(), \
+            capture(model, linear, cut_graph=True, save_gradients=False, feature_map=False) as first:
+        with lower_precision(images.device, dtype):
+            scores = model(images)
+        targets = targets_for(scores, targets)
+        g1 = class_gradients(scores, first.activations, targets)  # (N, K, 4096): dy^c/dy1
+    summed = summed_weights(get_layer(model, linear), seen.activations.shape[1])  # W1s (4096, C), cached
+    return seen.activations, scores, targets, shortcut_alpha(g1, summed, seen.activations)
 
 
 @torch.inference_mode(False)  # gradients are needed, also when called under torch.inference_mode()
@@ -231,18 +320,35 @@ def gradcam(
     layer: str | None = None,
     *,
     counterfactual: bool = False,
+    shortcut: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Explanation:
     """Grad-CAM maps of ``classes`` for the images ``x`` (N, 3, H, W) at ``layer`` (default: last ReLU).
 
-    ``counterfactual=True`` uses the seed's negated weights -alpha_k^c. The model, its hooks, its
-    parameters' ``.grad`` and ``x`` are left exactly as they were.
+    ``counterfactual=True`` uses the seed's negated weights -alpha_k^c. ``shortcut=True`` computes
+    equation (1) by the exact shortcut of ``labutils.shortcut`` where it holds, by autograd
+    elsewhere (the result's ``path`` says which); ``shortcut=False`` always uses autograd.
+    ``dtype=torch.bfloat16``: the layers below ``layer`` run under autocast; A^k and all above in float32.
+
+    The result is on the device of ``x``. The call runs in eval mode and is thread-safe; the model
+    (its hooks, modes, BatchNorm statistics, parameters' ``.grad``) and ``x`` are left exactly as
+    they were. A ``torch.compile``d model is explained through the module it wraps.
     """
     check_images(x)
-    layer = default_layer(model) if layer is None else layer  # "" is refused by get_layer, not the default
+    model = uncompiled(model)
+    layer = default_layer(model) if layer is None else layer  # "" is refused, not the default
     targets = class_targets(classes, x.shape[0])
-    x = model_input(model, x)  # on the model's device, in its dtype, checked against its input size
-    with capture(model, layer, cut_graph=True, save_gradients=False) as seen, torch.no_grad():
-        scores = model(x)  # (N, 1000); autograd records only the layers above `layer`
-        targets = top_classes(scores) if targets is None else targets
-        gradients = class_gradients(scores, seen.activations, targets)
-    return cam_explanation(layer, targets, scores, seen.activations, gradients, tuple(x.shape[-2:]), counterfactual)
+    images = model_input(model, x)  # on the model's device, in its dtype, checked against its input size
+    device = images.device
+    dtype = callers_autocast(device, dtype)
+    lower_precision(device, dtype)  # an unsupported dtype: LabError before anything runs
+    with explaining(model), torch.autocast(device.type, enabled=False):  # only the layers below `layer` autocast
+        targets = on_device(targets, device)
+        route = shortcut_route(model, layer) if shortcut else None
+        if route is not None and route.shortcut:
+            activations, scores, targets, alpha = alpha_by_shortcut(model, layer, route.linear, images, targets, dtype)
+        else:
+            activations, scores, targets, alpha = alpha_by_autograd(model, layer, images, targets, dtype)
+        path = "shortcut" if route is not None and route.shortcut else "autograd"
+        size = tuple(x.shape[-2:])
+        return explanation_from_alpha(layer, targets, scores, activations, alpha, size, counterfactual, path).to(x.device)

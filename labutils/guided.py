@@ -6,11 +6,14 @@ positive. The gradient that reaches the image then shows fine, high-resolution d
 hardly class-discriminative. Multiplying it elementwise by the (upsampled) Grad-CAM map of a class
 keeps the detail inside the regions that matter for that class: Guided Grad-CAM.
 
-The model is not modified: the rule is added with hooks that exist only during the call.
+The model is not modified: the rule is added with hooks that exist only during the call, and
+act only on the forward pass of the thread that added them. As for ``gradcam``, a call runs in eval
+mode, one call at a time per model, and its results are on the device of the input.
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -19,10 +22,12 @@ import torch
 from torch import nn
 
 from .gradcam import (
-    ClassSpec, Explanation, cam_explanation, check_images, class_gradients, class_targets, model_input, top_classes,
+    ClassSpec, Explanation, alpha_weights, check_images, class_gradients, class_targets, explanation_from_alpha,
+    model_input, on_device, targets_for,
 )
-from .hooks import capture
-from .models import default_layer
+from .hooks import capture, explaining, uncompiled
+from .models import default_layer, get_layer
+from .shortcut import shortcut_alpha, shortcut_route, summed_weights
 
 
 def guided_relu_gradient(grad: torch.Tensor) -> torch.Tensor:
@@ -47,12 +52,13 @@ def guided_relus(model: nn.Module) -> Iterator[GuidedRule]:
     (Grad-CAM) from the same forward pass as the guided one.
     """
     rule = GuidedRule()
+    owner = threading.get_ident()  # another thread's forward pass on the model is left alone
 
     def guided_if_on(grad: torch.Tensor) -> torch.Tensor:
         return guided_relu_gradient(grad) if rule.on else grad
 
     def add_rule(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if output.requires_grad:
+        if output.requires_grad and threading.get_ident() == owner:
             output.register_hook(guided_if_on)
 
     handles = [m.register_forward_hook(add_rule) for m in model.modules() if isinstance(m, nn.ReLU)]
@@ -85,43 +91,59 @@ def input_gradients(scores: torch.Tensor, image: torch.Tensor, targets: torch.Te
 def guided_backprop(model: nn.Module, x: torch.Tensor, classes: ClassSpec = None) -> Explanation:
     """Guided Backpropagation: d y^c / d image with the guided ReLU rule, (N, K, 3, H, W)."""
     check_images(x)
+    model = uncompiled(model)
     targets = class_targets(classes, x.shape[0])
-    image = model_input(model, x).detach().clone().requires_grad_(True)
-    device = image.device
-    with guided_relus(model), torch.enable_grad():
-        scores = model(image)
-        targets = top_classes(scores) if targets is None else targets
-        raw = input_gradients(scores, image, targets).cpu()
-    y_c = scores.detach().gather(1, targets.to(device)).cpu()
-    return Explanation("guided-backprop", None, targets, y_c, raw, gradient_image(raw))
+    with explaining(model):
+        image = model_input(model, x).detach().clone().requires_grad_(True)  # the model's device and dtype
+        device = image.device
+        targets = on_device(targets, device)
+        with guided_relus(model), torch.enable_grad():
+            scores = model(image)
+            targets = targets_for(scores, targets)
+            raw = input_gradients(scores, image, targets)
+    y_c = scores.detach().gather(1, targets)
+    return Explanation("guided-backprop", None, targets, y_c, raw, gradient_image(raw)).to(x.device)
 
 
 @torch.inference_mode(False)
 def guided_gradcam(
-    model: nn.Module, x: torch.Tensor, classes: ClassSpec = None, layer: str | None = None
+    model: nn.Module, x: torch.Tensor, classes: ClassSpec = None, layer: str | None = None, *, shortcut: bool = True
 ) -> Explanation:
     """Guided Grad-CAM: Guided Backpropagation times the upsampled Grad-CAM map, (N, K, 3, H, W).
 
-    Both come from one forward pass: a first backward pass, with the guided rule off, stops at
-    ``layer`` and gives Grad-CAM; then the rule is switched on for the backward passes to the image.
+    Both come from one forward pass: a first backward pass, with the guided rule off, gives Grad-CAM
+    (it stops at ``layer``, or, by the shortcut of ``labutils.shortcut``, at the output of the
+    classifier's first Linear: ``shortcut=False`` turns that off); then the rule is switched on for
+    the backward passes to the image.
     """
     check_images(x)
-    layer = default_layer(model) if layer is None else layer  # "" is refused by get_layer, not the default
+    model = uncompiled(model)
+    layer = default_layer(model) if layer is None else layer  # "" is refused, not the default
     targets = class_targets(classes, x.shape[0])
-    image = model_input(model, x).detach().clone().requires_grad_(True)
-    device = image.device
-    with capture(model, layer, save_gradients=False) as seen, guided_relus(model) as rule, torch.enable_grad():
-        scores = model(image)
-        targets = top_classes(scores) if targets is None else targets
-        rule.on = False
-        gradients = class_gradients(scores, seen.activations, targets, retain_graph=True)  # dy^c/dA^k
-        rule.on = True
-        guided = input_gradients(scores, image, targets).cpu()  # (N, K, 3, H, W)
-    cam = cam_explanation(layer, targets, scores, seen.activations, gradients, tuple(x.shape[-2:]))
-    return guided_times_cam(guided, cam)
+    with explaining(model):
+        image = model_input(model, x).detach().clone().requires_grad_(True)  # the model's device and dtype
+        device = image.device
+        targets = on_device(targets, device)
+        route = shortcut_route(model, layer) if shortcut else None
+        start = route.linear if route is not None and route.shortcut else layer  # where the first backward stops
+        with capture(model, layer, save_gradients=False) as seen, guided_relus(model) as rule, torch.enable_grad(), \
+                capture(model, start, save_gradients=False, feature_map=False) as first:
+            scores = model(image)
+            targets = targets_for(scores, targets)
+            rule.on = False
+            gradients = class_gradients(scores, first.activations, targets, retain_graph=True)  # dy^c/dA^k or g1
+            rule.on = True
+            guided = input_gradients(scores, image, targets)  # (N, K, 3, H, W)
+    if start == layer:
+        alpha, path = alpha_weights(gradients), "autograd"
+    else:
+        summed = summed_weights(get_layer(model, start), seen.activations.shape[1])
+        alpha, path = shortcut_alpha(gradients, summed, seen.activations), "shortcut"
+    cam = explanation_from_alpha(layer, targets, scores, seen.activations, alpha, tuple(x.shape[-2:]), False, path)
+    return guided_times_cam(guided, cam).to(x.device)
 
 
 def guided_times_cam(guided: torch.Tensor, cam: Explanation) -> Explanation:
     """Guided Grad-CAM from its two halves: guided input gradients (N, K, 3, H, W) times the Grad-CAM maps."""
     raw = guided * cam.maps[:, :, None]
-    return Explanation("guided-gradcam", cam.layer, cam.classes, cam.scores, raw, gradient_image(raw))
+    return Explanation("guided-gradcam", cam.layer, cam.classes, cam.scores, raw, gradient_image(raw), cam.path)

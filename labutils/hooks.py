@@ -20,10 +20,21 @@ Two details make it safe on torchvision's VGG/AlexNet, whose ReLUs are ``inplace
   the layers below it run without recording anything (call the model under ``torch.no_grad()``;
   the hook switches recording on from this layer up). Grad-CAM needs no gradient below the target
   layer, so this costs no more than a plain forward pass plus a backward through the head.
+* Under ``torch.autocast`` (``gradcam(..., dtype=torch.bfloat16)``) the layers below may compute in
+  bfloat16, but the hook hands on A^k in float32 and switches autocast off above the layer: A^k,
+  the head and its gradients stay float32.
+
+Every explanation call also goes through ``explaining(model)``: one call at a time per model (a
+lock), in eval mode (Dropout off, BatchNorm neither uses nor updates batch statistics), the modes
+put back afterwards. The hooks themselves act only on the forward pass of the thread that added
+them: a forward pass that another thread runs on the same model at the same time is left alone.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -46,27 +57,37 @@ class Capture:
 
 @contextmanager
 def capture(
-    model: nn.Module, layer: str, *, cut_graph: bool = False, save_gradients: bool = True
+    model: nn.Module, layer: str, *, cut_graph: bool = False, save_gradients: bool = True,
+    feature_map: bool = True,
 ) -> Iterator[Capture]:
     """Save the activations and gradients of ``model``'s module ``layer`` while the block runs.
 
     ``save_gradients=False`` leaves out the gradient hook, for a caller that takes dy^c/dA^k from
     ``torch.autograd.grad`` itself (``gradcam`` does: a hook cannot keep the K gradients of its
-    batched backward pass).
+    batched backward pass). ``feature_map=False`` accepts a layer whose output is not (N, K, h, w)
+    (the Grad-CAM shortcut captures the output of the classifier's first Linear).
     """
     module = get_layer(model, layer)
     seen = Capture(layer)
+    owner = threading.get_ident()  # the hooks act on this thread's forward passes only
+    device_type = next(model.parameters(), torch.empty(0)).device.type  # where autocast may be on
+    autocast_was_on = torch.is_autocast_enabled(device_type)
 
     def save_gradient(grad: torch.Tensor) -> None:
         seen.gradients = grad
 
-    def save_activations(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        if not (isinstance(output, torch.Tensor) and output.dim() == 4):
+    def save_activations(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if threading.get_ident() != owner:
+            return None  # another thread's forward pass on the same model: not ours
+        if feature_map and not (isinstance(output, torch.Tensor) and output.dim() == 4):
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise LayerError(
                 f"layer {layer!r} ({type(module).__name__}) outputs {shape}, not a 4-D feature map (N, K, h, w); "
                 f"choose one of: {', '.join(feature_layers(model))}"
             )
+        if torch.is_autocast_enabled(device_type):  # A^k and everything above it in float32
+            output = output.float()
+            torch.set_autocast_enabled(device_type, False)  # put back by the caller's autocast (or below)
         activations = output.detach().requires_grad_(True) if cut_graph else output
         if cut_graph:
             torch.set_grad_enabled(True)  # record the graph from here up; the caller's no_grad() restores it
@@ -82,3 +103,46 @@ def capture(
     finally:
         handle.remove()
         torch.set_grad_enabled(grad_mode)  # cut_graph switched autograd on: switch it back
+        torch.set_autocast_enabled(device_type, autocast_was_on)
+
+
+# ---------------------------------------------------------------- one call at a time, in eval mode
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock of ``model`` (made on first use, forgotten with the model)."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(model, threading.RLock())
+
+
+@contextmanager
+def explaining(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, ``model`` serves this thread's explanation only, in eval mode.
+
+    A model in train mode would give a different map at each call (Dropout) and update the running
+    statistics of its BatchNorm layers: an explanation must do neither. Each module's mode is put
+    back on the way out. The lock makes a second thread's explanation on the same model wait, so
+    that it cannot see this call's hooks or modes (PyTorch modules are not thread-safe to modify).
+    """
+    with model_lock(model):
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            yield model
+        finally:
+            for m, training in modes:
+                m.training = training
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module that ``torch.compile(model)`` wraps (the same weights), or ``model`` itself.
+
+    Hooks and per-call switches act on the eager module: the explanation runs it without compiling.
+    """
+    dynamo = sys.modules.get("torch._dynamo")  # not imported: nothing can be compiled
+    if dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule):
+        return model._orig_mod
+    return model

@@ -24,9 +24,16 @@ METHOD_TITLES = {
 }
 
 
+def as_array(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A float32 numpy array of a map, wherever the tensor lives (maps stay on the input's device, e.g. a GPU)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu()
+    return np.asarray(values, dtype=np.float32)
+
+
 def heatmap(cam_map: torch.Tensor | np.ndarray, colormap: str = "jet") -> np.ndarray:
     """Colour a (H, W) map in [0, 1] with a matplotlib colormap: (H, W, 3) floats in [0, 1]."""
-    values = np.asarray(cam_map, dtype=np.float32)
+    values = as_array(cam_map)
     return colormaps[colormap](np.clip(values, 0, 1))[..., :3].astype(np.float32)
 
 
@@ -34,7 +41,7 @@ def overlay(image: Image.Image, cam_map: torch.Tensor | np.ndarray, alpha: float
     """Blend the coloured map over the image: (1 - alpha) * image + alpha * heatmap, at the image's size."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
-    resized = Image.fromarray(np.asarray(cam_map, dtype=np.float32), mode="F").resize(image.size, Image.BILINEAR)
+    resized = Image.fromarray(as_array(cam_map), mode="F").resize(image.size, Image.BILINEAR)
     base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
     blended = (1 - alpha) * base + alpha * heatmap(np.asarray(resized))
     return Image.fromarray(np.round(blended * 255).astype(np.uint8))
@@ -44,7 +51,7 @@ def explanation_image(image: Image.Image, explanation: Explanation, n: int, k: i
     """The picture of image n, class k: a jet overlay for Grad-CAM maps, the gradient image for guided methods."""
     shown = explanation.maps[n, k]
     if shown.dim() == 3:  # guided: (3, H, W) in [0, 1]
-        array = np.round(shown.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        array = np.round(as_array(shown.permute(1, 2, 0)) * 255).astype(np.uint8)
         return Image.fromarray(array).resize(image.size, Image.BILINEAR)
     return overlay(image, shown, alpha)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import importlib.util
-import inspect
 import json
 import os
 import secrets

@@ -1,0 +1,253 @@
+"""labutils.shortcut: alpha_k^c = (W1s^T g1)_k / Z, checked against autograd (``shortcut=False``) and
+Captum's LayerGradCam, and the cases where it must not be used (autograd runs instead).
+
+The references never use the shortcut: Captum differentiates the whole model, ``shortcut=False``
+runs autograd's backward pass down to A^k."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from captum.attr import LayerGradCam
+from conftest import assert_close_rel, assert_model_unchanged, assert_no_hooks, call_and_check, smooth_images, third_party
+from torch import nn
+
+import labutils
+from labutils import gradcam, guided_gradcam
+from labutils.cached import features_at, gradcam_from_features
+from labutils.shortcut import clear_shortcut_cache, shortcut_route, summed_weights
+
+MIXED = [9, 22]  # classes whose maps have mixed signs with the seeded weights (see test_gradcam.py)
+FOUR = [9, 22, 243, 282]
+
+
+def assert_same_maps(actual, expected, what: str, rtol: float = 1e-5) -> None:
+    """Every map (image i, class k) equal to 1e-5 of its own peak; the final maps too."""
+    assert actual.raw.shape == expected.raw.shape, what
+    assert torch.equal(actual.classes, expected.classes), what
+    peak = expected.raw.abs().max().item()
+    assert peak > 0, f"{what}: every map is zero, the comparison would prove nothing"
+    for i in range(expected.raw.shape[0]):
+        for k in range(expected.raw.shape[1]):
+            if expected.raw[i, k].abs().max() == 0:  # ReLU(negative everywhere): must be (nearly) zero too
+                assert actual.raw[i, k].abs().max() <= rtol * peak, f"{what} map ({i}, {k}) should be zero"
+            else:
+                assert_close_rel(actual.raw[i, k], expected.raw[i, k], f"{what} map ({i}, {k})", rtol)
+    torch.testing.assert_close(actual.maps, expected.maps, rtol=0, atol=1e-4)
+    torch.testing.assert_close(actual.scores, expected.scores, rtol=1e-5, atol=1e-5)
+
+
+def captum_raw(model, layer: str, x: torch.Tensor, target, negate: bool = False) -> torch.Tensor:
+    forward = (lambda t: -model(t)) if negate else model
+    with third_party(model):
+        return LayerGradCam(forward, labutils.get_layer(model, layer)).attribute(
+            x.clone(), target=target, relu_attributions=True).detach()
+
+
+def captum_raw_hooked(model, layer: str, x: torch.Tensor, target) -> torch.Tensor:
+    """Captum on a model that carries a hook of the test's own (third_party would refuse it)."""
+    try:
+        return LayerGradCam(model, labutils.get_layer(model, layer)).attribute(
+            x.clone(), target=target, relu_attributions=True).detach()
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+def varied_images(n: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """``n`` smooth seeded images of any size (H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(n, 3, max(size[0] // 8, 2), max(size[1] // 8, 2), generator=g)
+    return nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------- the same maps as autograd and Captum
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+def test_shortcut_equals_autograd_and_captum_for_a_batch_and_k_classes(name, models, images, snapshots):
+    model = models[name]
+    layer = labutils.default_layer(model)
+    classes = [MIXED, [243, 282]]  # K = 2 classes for each of N = 2 images
+    fast = call_and_check(model, snapshots[name], images, lambda m, x: gradcam(m, x, classes), outputs=False)
+    slow = gradcam(model, images, classes, shortcut=False)
+    assert (fast.path, slow.path) == ("shortcut", "autograd")
+    assert_same_maps(fast, slow, f"{name} shortcut vs autograd")
+    for k in range(2):  # one Captum call per column of classes
+        ref = captum_raw(model, layer, images, [classes[0][k], classes[1][k]])
+        for i in range(2):
+            assert_close_rel(fast.raw[i, k], ref[i, 0], f"{name} shortcut image {i} class {classes[i][k]} vs Captum")
+    assert (fast.raw == 0).any() and fast.raw.amax() > 0, "mixed-sign maps: the ReLU cuts part of each"
+    assert_model_unchanged(model, snapshots[name], outputs=name == "alexnet")
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+def test_one_class_and_counterfactual_equal_captum(name, models, images):
+    model = models[name]
+    layer = labutils.default_layer(model)
+    x = images[:1]
+    one = gradcam(model, x, 9)
+    assert one.path == "shortcut"
+    assert_close_rel(one.raw[0, 0], captum_raw(model, layer, x, 9)[0, 0], f"{name} one class vs Captum")
+    cf = gradcam(model, images, MIXED, counterfactual=True)
+    assert cf.path == "shortcut" and cf.method == "counterfactual"
+    ref = captum_raw(model, layer, images, MIXED, negate=True)
+    for i in range(2):
+        assert_close_rel(cf.raw[i, 0], ref[i, 0], f"{name} counterfactual image {i} vs Captum(-y)")
+    assert_same_maps(cf, gradcam(model, images, MIXED, counterfactual=True, shortcut=False), f"{name} counterfactual")
+
+
+@pytest.mark.parametrize("size", [(320, 256), (250, 333), (100, 100), (72, 90)])
+@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+def test_inputs_that_are_not_224_give_the_same_maps(name, size, models):
+    """Other sizes: the adaptive pool's windows overlap or differ in size, or repeat one position (< 7x7)."""
+    model = models[name]
+    x = varied_images(2 if name == "alexnet" else 1, size, seed=sum(size))
+    fast = gradcam(model, x, [FOUR] * x.shape[0])
+    slow = gradcam(model, x, [FOUR] * x.shape[0], shortcut=False)
+    assert fast.path == "shortcut" and fast.maps.shape[-2:] == size
+    kept = [(i, k) for i in range(x.shape[0]) for k in range(4) if slow.raw[i, k].amax() > 0]
+    assert len(kept) >= 2, "a map of zeros proves nothing"
+    for i, k in kept:
+        assert_close_rel(fast.raw[i, k], slow.raw[i, k], f"{name} {size} map ({i}, {k})")
+    if size == (250, 333):
+        ref = captum_raw(model, labutils.default_layer(model), x[:1], FOUR[kept[0][1]])
+        assert_close_rel(fast.raw[0, kept[0][1]], ref[0, 0], f"{name} {size} vs Captum")
+
+
+def test_guided_gradcam_and_cached_paths_use_the_shortcut(alexnet, images, snapshots):
+    fast = call_and_check(alexnet, snapshots["alexnet"], images, lambda m, x: guided_gradcam(m, x, MIXED))
+    slow = guided_gradcam(alexnet, images, MIXED, shortcut=False)
+    assert (fast.path, slow.path) == ("shortcut", "autograd")
+    for i in range(2):
+        assert_close_rel(fast.raw[i, 0], slow.raw[i, 0], f"guided Grad-CAM image {i}")
+    layer = "features.11"
+    cached = gradcam_from_features(alexnet, layer, features_at(alexnet, layer, images), [MIXED, [243, 282]])
+    assert cached.path == "shortcut"
+    assert_same_maps(cached, gradcam(alexnet, images, [MIXED, [243, 282]], shortcut=False), "cached head pass")
+    assert_model_unchanged(alexnet, snapshots["alexnet"])
+
+
+def test_the_last_max_pool_is_a_shortcut_layer_too(alexnet, images):
+    fast = gradcam(alexnet, images, MIXED, "features.12")
+    slow = gradcam(alexnet, images, MIXED, "features.12", shortcut=False)
+    assert fast.path == "shortcut" and fast.raw.shape[-2:] == (6, 6)
+    for i in range(2):
+        assert_close_rel(fast.raw[i, 0], slow.raw[i, 0], f"features.12 image {i}")
+
+
+# ---------------------------------------------------------------- W1s follows every change of the weights
+
+
+def trained_step(model: nn.Module, x: torch.Tensor) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loss = -model(x)[:, 9].sum()  # make class 9 more likely
+    loss.backward()
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+
+
+def test_the_cache_follows_optimizer_steps_state_dicts_and_replaced_parameters(alexnet, images):
+    model = copy.deepcopy(alexnet)
+    other = copy.deepcopy(alexnet)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1 + 0.5 * torch.randn(p.shape, generator=g))  # other weights of the same scale
+    x = images[:1]
+    before = gradcam(model, x, MIXED)
+    summed = summed_weights(model.classifier[1], 256)
+
+    def check(what: str) -> None:
+        fast, slow = gradcam(model, x, MIXED), gradcam(model, x, MIXED, shortcut=False)
+        assert fast.path == "shortcut"
+        assert not torch.allclose(fast.raw, before.raw), f"{what}: the weights did not change the map"
+        assert_same_maps(fast, slow, f"after {what}")
+        w1 = model.classifier[1].weight.detach()
+        assert torch.equal(summed_weights(model.classifier[1], 256), w1.reshape(4096, 256, 36).sum(2))
+
+    trained_step(model, x)
+    check("an optimizer step")
+    before = gradcam(model, x, MIXED)
+    model.load_state_dict(other.state_dict())
+    check("load_state_dict")
+    before = gradcam(model, x, MIXED)
+    model.load_state_dict(copy.deepcopy(alexnet).state_dict(), assign=True)  # new Parameter objects
+    check("load_state_dict(assign=True)")
+    before = gradcam(model, x, MIXED)
+    model.classifier[1].weight = nn.Parameter(other.classifier[1].weight.detach().clone())
+    check("a replaced Parameter")
+    before = gradcam(model, x, MIXED)
+    model.classifier[1] = copy.deepcopy(other.classifier[1])
+    check("a replaced Linear")
+    assert not torch.equal(summed, summed_weights(model.classifier[1], 256))
+
+
+def test_data_edits_bypass_the_cache_until_it_is_cleared(alexnet, images):
+    """The documented limit: .data writes do not bump autograd's version counter."""
+    model = copy.deepcopy(alexnet)
+    x = images[:1]
+    gradcam(model, x, MIXED)  # W1s cached
+    model.classifier[1].weight.data.mul_(-1)  # behind autograd's back
+    stale = gradcam(model, x, MIXED)
+    right = gradcam(model, x, MIXED, shortcut=False)
+    assert not torch.allclose(stale.raw, right.raw), "a .data edit is expected to leave W1s stale"
+    clear_shortcut_cache()
+    assert_same_maps(gradcam(model, x, MIXED), right, "after clear_shortcut_cache()")
+
+
+# ---------------------------------------------------------------- where autograd must run instead
+
+
+class OwnForward(torchvision.models.AlexNet):
+    """An AlexNet subclass whose forward doubles the pooled features: the identity's premises change."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(2 * torch.flatten(x, 1))
+
+
+class SameForward(torchvision.models.AlexNet):
+    """A subclass that keeps torchvision's forward: the shortcut still holds."""
+
+
+def test_fallback_cases_run_autograd_and_still_give_the_right_maps(alexnet, images):
+    x = images[:1]
+    hooked = copy.deepcopy(alexnet)
+    handle = hooked.avgpool.register_forward_hook(lambda m, i, o: o * torch.linspace(0, 2, o.shape[-1]))
+    own = OwnForward()
+    own.load_state_dict(alexnet.state_dict())
+    own.eval()
+    same = SameForward()
+    same.load_state_dict(alexnet.state_dict())
+    cases = {"hooked avgpool": (hooked, "features.11"), "own forward": (own, "features.11"),
+             "conv layer": (alexnet, "features.10"), "ReLU then max-pool then conv": (alexnet, "features.4")}
+    for what, (model, layer) in cases.items():
+        route = shortcut_route(model, layer)
+        assert not route.shortcut and route.reason, what
+        e = gradcam(model, x, MIXED, layer)
+        assert e.path == "autograd", what
+        ref = captum_raw_hooked(model, layer, x, MIXED[0])
+        assert_close_rel(e.raw[0, 0], ref[0, 0], f"{what} vs Captum")
+    handle.remove()
+    assert gradcam(same, x, MIXED, "features.11").path == "shortcut"  # in train mode: run in eval mode
+    assert gradcam(alexnet, x, MIXED, shortcut=False).path == "autograd"
+    # a global forward hook anywhere makes the shortcut step aside
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        assert "global" in shortcut_route(alexnet, "features.11").reason
+        assert gradcam(alexnet, x, MIXED).path == "autograd"
+    finally:
+        handle.remove()
+    assert_no_hooks(alexnet)
+
+
+def test_route_explains_itself(vgg16):
+    route = shortcut_route(vgg16, "features.29")
+    assert route.shortcut and route.linear == "classifier.0"
+    assert route.reason == "features.29 -> MaxPool2d + AdaptiveAvgPool2d -> flatten -> classifier.0"
+    assert "ReLU" in shortcut_route(vgg16, "features.28").reason
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    assert "forward" in shortcut_route(tiny, "0").reason
