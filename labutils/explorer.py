@@ -416,7 +416,7 @@ def search_classes(query: str, probabilities: torch.Tensor | None = None, limit:
     if not key:
         return []
     rank = (lambda c: -float(probabilities[c])) if probabilities is not None else (lambda c: 0.0)
-    exact = [c for c, n in enumerate(names) if n == key or (key.isdigit() and c == int(key))]
+    exact = [c for c, n in enumerate(names) if n == key or (key.isascii() and key.isdecimal() and c == int(key))]
     starts = [c for c, n in enumerate(names) if n.startswith(key) and c not in exact]
     inside = [c for c, n in enumerate(names) if key in n and not n.startswith(key) and c not in exact]
     return (sorted(exact, key=rank) + sorted(starts, key=rank) + sorted(inside, key=rank))[:limit]

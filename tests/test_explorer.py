@@ -215,6 +215,7 @@ def test_search_classes_ranks_exact_then_prefix_then_substring():
     assert search_classes("TIGER CAT")[0] == 282
     assert search_classes("7")[0] == 7
     assert search_classes("   ") == []
+    assert search_classes("²") == [] and search_classes("٣") == []  # digits that are not ASCII: no match, no error
 
 
 # ---------------------------------------------------------------- images and models
