@@ -469,8 +469,11 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-30)
 
 
-def throughput(model: nn.Module, device: torch.device, batch: int, reps: int, warmup: int) -> list[str]:
-    """Images/s over a batch for the forward pass, labutils and the peers, fp32 and bf16 autocast."""
+def throughput(model: nn.Module, device: torch.device, batch: int, reps: int, warmup: int, *, size: int = 224,
+               peers: bool = True) -> list[str]:
+    """Images/s over a batch for the forward pass, labutils and the peers, fp32 and bf16 autocast.
+
+    ``size``/``peers``: --quick on the CPU checks the code path only (112x112, no peers: bf16 is slow there)."""
     from captum.attr import LayerGradCam
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -478,7 +481,7 @@ def throughput(model: nn.Module, device: torch.device, batch: int, reps: int, wa
 
     layer = labutils.default_layer(model)
     module = labutils.get_layer(model, layer)
-    x = test_images(batch, seed=2).to(device)
+    x = test_images(batch, size=size, seed=2).to(device)
     c = ONE_CLASS
 
     def bf16() -> Any:
@@ -513,6 +516,8 @@ def throughput(model: nn.Module, device: torch.device, batch: int, reps: int, wa
         "forward bf16 autocast": forward_bf16,
         "labutils bf16 autocast": lab_bf16,
     }
+    if not peers:
+        calls = {k: f for k, f in calls.items() if k.startswith(("forward", "labutils"))}
     methods = {k: Method(k, "throughput", k, f, cleanup=lambda: model.zero_grad(set_to_none=True))
                for k, f in calls.items()}
     times, _ = interleaved(methods, reps, warmup, device)
@@ -521,7 +526,7 @@ def throughput(model: nn.Module, device: torch.device, batch: int, reps: int, wa
     corr = correlation(fp32, low)
     base = statistics.median(times["forward fp32"])
     base_bf16 = statistics.median(times["forward bf16 autocast"])
-    lines = [f"| method (batch {batch}) | images/s | vs forward at the same precision | target |",
+    lines = [f"| method (batch {batch}, {size}x{size}) | images/s | vs forward at the same precision | target |",
              "| --- | ---: | ---: | --- |"]
     for k, t in times.items():
         share = (base_bf16 if "bf16" in k else base) / statistics.median(t)
@@ -751,7 +756,9 @@ def main(argv: list[str] | None = None) -> int:
             batch = args.batch or (64 if device.type == "cuda" else 1)
             model = labutils.load_model(name, weights="random").to(device)
             part = [f"Throughput ({device.type}{', code-path check only' if device.type == 'cpu' else ''}):", ""]
-            part += throughput(model, device, batch, reps=1 if args.quick else args.reps, warmup=0 if args.quick else 1)
+            quick_cpu = args.quick and device.type == "cpu"
+            part += throughput(model, device, batch, reps=1 if args.quick else args.reps, warmup=0 if args.quick else 1,
+                               size=112 if quick_cpu else 224, peers=not quick_cpu)
             print("\n".join(part) + "\n", flush=True)
             lines += part + [""]
             del model
