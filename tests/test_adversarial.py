@@ -19,7 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 from nbformat.v4 import new_code_cell
 

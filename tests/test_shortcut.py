@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 from captum.attr import LayerGradCam
-from conftest import assert_close_rel, assert_model_unchanged, assert_no_hooks, call_and_check, smooth_images, third_party
+from conftest import assert_close_rel, assert_model_unchanged, assert_no_hooks, call_and_check, third_party
 from torch import nn
 
 import labutils
