@@ -19,6 +19,7 @@ from conftest import assert_close_rel, assert_no_hooks
 from torch import nn
 
 from labutils import gradcam
+from labutils.sanity import scenes
 
 
 class GapNet(nn.Module):
@@ -92,35 +93,9 @@ A, B, NEITHER = 0, 1, 2
 
 
 def draw(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``n`` noisy 3x64x64 images, each holding a red square (A) and a blue disc (B) of random sizes
-    at random places, at least 4 pixels apart. The label is the object with the larger area (the
-    two areas differ by at least 25%). Returns images, labels (0: A, 1: B) and the objects' boxes
-    (N, 2, 4) as (top, left, bottom, right), inclusive, for A and for B."""
-    g = torch.Generator().manual_seed(seed)
-    rows, cols = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-    x = 0.1 * torch.randn(n, 3, SIZE, SIZE, generator=g)
-    labels = torch.zeros(n, dtype=torch.long)
-    boxes = torch.zeros(n, 2, 4)
-    for i in range(n):
-        while True:
-            half = int(torch.randint(4, 9, (1,), generator=g))  # the square's half side
-            radius = int(torch.randint(5, 10, (1,), generator=g))
-            ca = torch.randint(half, SIZE - half, (2,), generator=g)
-            cb = torch.randint(radius, SIZE - radius, (2,), generator=g)
-            square = ((rows - ca[0]).abs() <= half) & ((cols - ca[1]).abs() <= half)
-            disc = (rows - cb[0]) ** 2 + (cols - cb[1]) ** 2 <= radius**2
-            area_a, area_b = int(square.sum()), int(disc.sum())
-            apart = (ca - cb).abs().max() > half + radius + 4
-            if apart and max(area_a, area_b) >= 1.25 * min(area_a, area_b):
-                break
-        labels[i] = A if area_a > area_b else B
-        boxes[i, A] = torch.tensor([ca[0] - half, ca[1] - half, ca[0] + half, ca[1] + half])
-        boxes[i, B] = torch.tensor([cb[0] - radius, cb[1] - radius, cb[0] + radius, cb[1] + radius])
-        x[i, 0][square] += 1.0
-        x[i, 1][square] += 0.2
-        x[i, 2][disc] += 1.0
-        x[i, 1][disc] += 0.5
-    return x, labels, boxes
+    """``n`` noisy 3x64x64 images, each with a red square (A) and a blue disc (B) at least 4 pixels apart; the
+    label is the larger object. Images, labels (0: A, 1: B) and boxes (N, 2, 4): notebook 06's scenes."""
+    return scenes(n, seed)
 
 
 def pointing_rate(maps: torch.Tensor, boxes: torch.Tensor, tolerance: int) -> float:
