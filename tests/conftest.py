@@ -200,3 +200,16 @@ def call_and_check(model: nn.Module, snapshot: ModelSnapshot, x: torch.Tensor, c
     assert not x_copy.requires_grad and x_copy.grad is None, "the caller's images now require grad / have .grad"
     assert_model_unchanged(model, snapshot, outputs=outputs)
     return result
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """The safetensors format written by hand: 8-byte header length, JSON header, raw little-endian data."""
+    import json
+
+    header, data = {}, b""
+    for name, t in tensors.items():
+        raw = t.contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_model_unchanged
+from conftest import assert_model_unchanged, safetensors_bytes
 from PIL import Image
 from torch import nn
 
@@ -33,19 +33,6 @@ RANDOM = ["--model", "alexnet", "--weights", "random"]
 
 def noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
-
-
-def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    """The safetensors format by hand: 8-byte header length, JSON header, raw float32 data."""
-    import json
-
-    header, data = {}, b""
-    for name, t in tensors.items():
-        raw = t.contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [len(data), len(data) + len(raw)]}
-        data += raw
-    text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + data
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import safetensors_bytes
 from httpserver import FileServer, closed_port_url  # tests/ is on sys.path (pytest rootdir-less import)
 from torchvision.models import alexnet, vgg16
 
@@ -262,19 +263,6 @@ def test_wrong_shape_loads_nothing():
 
 
 # ---------------------------------------------------------------- issue 13: values and formats
-
-
-def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    """The safetensors format written by hand: 8-byte header length, JSON header, raw little-endian data."""
-    import json
-
-    header, data = {}, b""
-    for name, t in tensors.items():
-        raw = t.contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [len(data), len(data) + len(raw)]}
-        data += raw
-    text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + data
 
 
 @pytest.mark.parametrize(
