@@ -278,11 +278,11 @@ def make_methods(model: nn.Module, x: torch.Tensor, keys: list[str] | None = Non
         add(Method("head-fb1", "parts", "head: forward + backward, 1 class", head_backward(1)))
         add(Method("head-fb5", "parts", "head: forward + batched backward, 5 classes", head_backward(5)))
 
-        kept = head_pass(model, layer, a_cached)  # what the explorer keeps for the current image and layer
+        kept = head_pass(model, layer, a_cached, fold=True)  # what the explorer keeps for the current image and layer
         new_classes = itertools.cycle(range(100, 200))  # never the same class twice in a row
 
         def explorer_class_switch() -> labutils.Explanation:
-            classes, alpha = class_weights(kept, [next(new_classes)])  # one backward pass through the head
+            classes, alpha = class_weights(kept, [next(new_classes)])  # one row of W3 times the folded chain
             return explanation_from_weights(kept, classes, alpha)  # equation (2) and section 5.5
 
         add(Method("explorer-class", "parts", "explorer: switch to a new class (kept A^k and head pass)",

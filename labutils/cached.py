@@ -17,10 +17,11 @@ An interactive tool can go one step further and keep the head's forward pass (``
 new class then costs one backward pass through the head (``class_weights``), and equation (2) from
 known weights alpha_k^c (``explanation_from_weights``) runs no network at all.
 
-Where the exact shortcut of ``labutils.shortcut`` holds (the seed's layers), the head is cut once
-more, at the classifier's first Linear W1: A^k -> y1 = W1 v + b1 runs without autograd, the graph
-is recorded from y1 up only, and a new class costs a backward pass from y^c to y1 plus
-``alpha_k^c = (W1s^T g1)_k / Z`` (W1s is kept with the head pass, so it always matches it).
+Where the exact shortcut of ``labutils.shortcut`` holds (the seed's layers), the head runs without
+autograd and keeps its ``HeadRecord`` (the ReLU masks of the classifier and W1s) instead: a new
+class costs one row of the last Linear's weight through the chain, no backward pass. With
+``fold=True`` the chain is multiplied out once (``HeadRecord.fold``, about a GEMM of 4096x4096 by
+4096xC): a class then costs one row of W3 times a 4096xC matrix, for an interactive tool.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .gradcam import (
 )
 from .hooks import explaining, uncompiled
 from .models import feature_layers, get_layer, model_name
-from .shortcut import shortcut_alpha, shortcut_route, summed_weights
+from .shortcut import HeadRecord, head_record, recording, shortcut_route
 
 INPUT_SIZE = (224, 224)  # the input size of the lab's models, the size the maps are upsampled to
 
@@ -68,13 +69,6 @@ def head(model: nn.Module, layer: str) -> nn.Sequential:
     return nn.Sequential(*model.features[i + 1 :], model.avgpool, nn.Flatten(1), *model.classifier)
 
 
-def head_at_first_linear(model: nn.Module, layer: str, linear: str) -> tuple[nn.Sequential, nn.Sequential]:
-    """The head cut after the classifier's first Linear ``linear``: (A^k -> y1, y1 -> y)."""
-    whole, j = head(model, layer), int(linear.split(".")[1])
-    cut = len(whole) - len(model.classifier) + j + 1
-    return whole[:cut], whole[cut:]
-
-
 # ---------------------------------------------------------------- Grad-CAM from A^k
 
 
@@ -87,44 +81,49 @@ def features_at(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class HeadPass:
-    """One forward pass through the head, with autograd's record of it kept for later backward passes."""
+    """One forward pass through the head, with what later classes need: autograd's record, or the shortcut's."""
 
     layer: str
     activations: torch.Tensor  # A^k (N, C, h, w)
     scores: torch.Tensor  # y (N, 1000), computed from A^k by the head
-    start: torch.Tensor  # the leaf the gradients are taken for: A^k, or (shortcut) y1, W1's output
-    summed: torch.Tensor | None = None  # W1s (shortcut only), as it was for this pass
+    start: torch.Tensor | None = None  # autograd: the leaf A^k the gradients are taken for
+    record: HeadRecord | None = None  # shortcut: the classifier's ReLU masks and W1s, as they were for this pass
 
     @property
     def path(self) -> str:
-        return "autograd" if self.summed is None else "shortcut"
+        return "autograd" if self.record is None else "shortcut"
 
 
-def head_pass(model: nn.Module, layer: str, activations: torch.Tensor, *, shortcut: bool = True) -> HeadPass:
-    """Run the head on A^k, recording the graph (from y1 up, by the shortcut). ``activations`` is not changed."""
+def head_pass(
+    model: nn.Module, layer: str, activations: torch.Tensor, *, shortcut: bool = True, fold: bool = False
+) -> HeadPass:
+    """Run the head on A^k: by the shortcut without autograd, else recording autograd's graph.
+
+    ``fold=True`` (shortcut only) also multiplies out the chain for every later class (``HeadRecord.fold``).
+    ``activations`` is not changed.
+    """
     model = uncompiled(model)
     a = activations.detach()
     with explaining(model):
         route = shortcut_route(model, layer) if shortcut else None
         if route is not None and route.shortcut:
-            pooled, top = head_at_first_linear(model, layer, route.linear)
-            with torch.no_grad():
-                y1 = pooled(a).requires_grad_(True)  # A^k -> max-pool, average pool, flatten, W1 v + b1
-            with torch.enable_grad():
-                scores = top(y1.clone())  # clone: the inplace ReLU after W1 must not change y1
-            return HeadPass(layer, a, scores, y1, summed_weights(get_layer(model, route.linear), a.shape[1]))
+            with recording(model, route) as hidden, torch.no_grad():
+                scores = head(model, layer)(a)
+            record = head_record(model, route, hidden, a)
+            if fold:
+                record.fold()
+            return HeadPass(layer, a, scores, record=record)
         start = a.requires_grad_(True)
         with torch.enable_grad():
             scores = head(model, layer)(start.clone())  # clone: an inplace ReLU above the layer must not change A^k
-    return HeadPass(layer, start, scores, start)
+    return HeadPass(layer, start, scores, start=start)
 
 
 def weights_from_pass(run: HeadPass, targets: torch.Tensor, *, retain_graph: bool) -> torch.Tensor:
     """Equation (1) for the classes (N, K) from a head pass: alpha_k^c (N, K, C), by autograd or the shortcut."""
-    gradients = class_gradients(run.scores, run.start, targets, retain_graph=retain_graph)
-    if run.summed is None:
-        return alpha_weights(gradients)  # dy^c/dA^k (N, K, C, h, w) averaged
-    return shortcut_alpha(gradients, run.summed, run.activations)  # g1 (N, K, 4096) -> (W1s^T g1) / Z
+    if run.record is not None:
+        return run.record.alpha(targets)
+    return alpha_weights(class_gradients(run.scores, run.start, targets, retain_graph=retain_graph))
 
 
 def gradcam_from_features(
@@ -154,7 +153,7 @@ def gradcam_from_features(
 
 
 def class_weights(run: HeadPass, classes: ClassSpec = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Equation (1) by one backward pass through a kept head pass: ``(classes (N, K), alpha_k^c (N, K, C))``.
+    """Equation (1) from a kept head pass (a backward pass, or the shortcut by hand): ``(classes (N, K), alpha_k^c (N, K, C))``.
 
     The record of the forward pass stays, so other classes can follow.
     """

@@ -318,7 +318,7 @@ class Explorer(widgets.VBox):
     def _compute_features(self, new_predictions: bool) -> None:
         """A^k at the chosen layer (the only pass through the lower layers), the head pass, top-10 alpha."""
         model, layer = self.model, self.layer_choice.value
-        run = head_pass(model, layer, features_at(model, layer, self._image.tensor))
+        run = head_pass(model, layer, features_at(model, layer, self._image.tensor), fold=True)
         self._features = FeatureCache((self._image_key, self.model_choice.value, layer), run)
         if new_predictions or self._probabilities is None:
             self._probabilities = run.scores.detach()[0].softmax(dim=0).cpu()

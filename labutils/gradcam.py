@@ -13,8 +13,10 @@ the network *more* sure of class c.
 one forward pass, in which the layers below the target layer run without autograd (they need no
 gradient), and one backward pass through the head that carries the K classes' gradients together.
 Where the exact shortcut of ``labutils.shortcut`` holds (torchvision's VGG-16 and AlexNet at the
-seed's layer), that backward pass stops at the output of the classifier's first Linear: equation
-(1) is then ``(W1s^T g1)_k / Z``, the same alpha_k^c. The result's ``path`` says which way ran.
+seed's layer), there is no backward pass at all: g1 = dy^c/dy1, the gradient at the output of the
+classifier's first Linear, is computed by hand from K rows of the last Linear's weight and the
+ReLU masks of the forward pass, and equation (1) is ``(W1s^T g1)_k / Z``, the same alpha_k^c. The
+result's ``path`` says which way ran.
 
 The result is on the device of the input ``x`` (as Captum's). Nothing is copied to the host and
 nothing waits for the GPU, except the checks of the input. On a GPU, the convolutions use TF32 if
@@ -37,8 +39,8 @@ from torch import nn
 
 from .errors import ClassError, ImageError, LabError, ModelError
 from .hooks import capture, explaining, uncompiled
-from .models import default_layer, get_layer, min_input_size, resolve_class
-from .shortcut import shortcut_alpha, shortcut_route, summed_weights
+from .models import default_layer, input_fits, min_input_size, resolve_class
+from .shortcut import Route, head_record, recording, shortcut_route
 
 ClassSpec = Union[int, str, Sequence[Union[int, str]], Sequence[Sequence[Union[int, str]]], torch.Tensor, None]
 
@@ -129,9 +131,9 @@ def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if where is not None and where.is_meta:
         raise ModelError("the model's weights are on the meta device: they have shapes but no values; "
                          "load weights into it (labutils.load_model, or model.to_empty() then load_state_dict)")
-    side = min_input_size(model)
-    if side is not None and min(x.shape[-2:]) < side:
-        height, width = x.shape[-2:]
+    height, width = x.shape[-2:]
+    if input_fits(model, height, width) is False:
+        side = min_input_size(model)
         raise ImageError(f"the images are {height}x{width} pixels, smaller than the {side}x{side} this model needs: "
                          "make them with labutils.load_image (224x224)")
     device = where.device if where is not None else torch.device("cpu")
@@ -295,21 +297,20 @@ def alpha_by_autograd(
 
 
 def alpha_by_shortcut(
-    model: nn.Module, layer: str, linear: str, images: torch.Tensor, targets: torch.Tensor | None,
+    model: nn.Module, layer: str, route: Route, images: torch.Tensor, targets: torch.Tensor | None,
     dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Equation (1) by the shortcut (``labutils.shortcut``): the backward pass stops at W1's output g1.
+    """Equation (1) by the shortcut (``labutils.shortcut``): one forward pass without autograd, no backward pass.
 
-    Autograd records only the layers above the first Linear ``linear``. Same returns as ``alpha_by_autograd``.
+    Hooks keep A^k and the signs of the classifier's hidden layers (its ReLU masks), from which
+    g1 = dy^c/dy1 is computed by hand. Same returns as ``alpha_by_autograd``.
     """
-    with capture(model, layer, save_gradients=False) as seen, torch.no_grad(), \
-            capture(model, linear, cut_graph=True, save_gradients=False, feature_map=False) as first:
+    with capture(model, layer, save_gradients=False) as seen, recording(model, route) as hidden, torch.no_grad():
         with lower_precision(images.device, dtype):
             scores = model(images)
         targets = targets_for(scores, targets)
-        g1 = class_gradients(scores, first.activations, targets)  # (N, K, 4096): dy^c/dy1
-    summed = summed_weights(get_layer(model, linear), seen.activations.shape[1])  # W1s (4096, C), cached
-    return seen.activations, scores, targets, shortcut_alpha(g1, summed, seen.activations)
+        alpha = head_record(model, route, hidden, seen.activations).alpha(targets)
+    return seen.activations, scores, targets, alpha
 
 
 @torch.inference_mode(False)  # gradients are needed, also when called under torch.inference_mode()
@@ -346,7 +347,7 @@ def gradcam(
         targets = on_device(targets, device)
         route = shortcut_route(model, layer) if shortcut else None
         if route is not None and route.shortcut:
-            activations, scores, targets, alpha = alpha_by_shortcut(model, layer, route.linear, images, targets, dtype)
+            activations, scores, targets, alpha = alpha_by_shortcut(model, layer, route, images, targets, dtype)
         else:
             activations, scores, targets, alpha = alpha_by_autograd(model, layer, images, targets, dtype)
         path = "shortcut" if route is not None and route.shortcut else "autograd"

@@ -26,8 +26,8 @@ from .gradcam import (
     model_input, on_device, targets_for,
 )
 from .hooks import capture, explaining, uncompiled
-from .models import default_layer, get_layer
-from .shortcut import shortcut_alpha, shortcut_route, summed_weights
+from .models import default_layer
+from .shortcut import Route, head_record, recording, shortcut_route
 
 
 def guided_relu_gradient(grad: torch.Tensor) -> torch.Tensor:
@@ -111,10 +111,10 @@ def guided_gradcam(
 ) -> Explanation:
     """Guided Grad-CAM: Guided Backpropagation times the upsampled Grad-CAM map, (N, K, 3, H, W).
 
-    Both come from one forward pass: a first backward pass, with the guided rule off, gives Grad-CAM
-    (it stops at ``layer``, or, by the shortcut of ``labutils.shortcut``, at the output of the
-    classifier's first Linear: ``shortcut=False`` turns that off); then the rule is switched on for
-    the backward passes to the image.
+    Both come from one forward pass: Grad-CAM by a first backward pass, with the guided rule off,
+    that stops at ``layer`` (or, by the shortcut of ``labutils.shortcut``, by hand from the forward
+    pass, without a backward pass: ``shortcut=False`` turns that off); then the rule is switched on
+    for the backward pass to the image.
     """
     check_images(x)
     model = uncompiled(model)
@@ -124,21 +124,19 @@ def guided_gradcam(
         image = model_input(model, x).detach().clone().requires_grad_(True)  # the model's device and dtype
         device = image.device
         targets = on_device(targets, device)
-        route = shortcut_route(model, layer) if shortcut else None
-        start = route.linear if route is not None and route.shortcut else layer  # where the first backward stops
+        route = shortcut_route(model, layer) if shortcut else Route(False, "shortcut=False")
         with capture(model, layer, save_gradients=False) as seen, guided_relus(model) as rule, torch.enable_grad(), \
-                capture(model, start, save_gradients=False, feature_map=False) as first:
+                recording(model, route) as hidden:
             scores = model(image)
             targets = targets_for(scores, targets)
-            rule.on = False
-            gradients = class_gradients(scores, first.activations, targets, retain_graph=True)  # dy^c/dA^k or g1
-            rule.on = True
+            if route.shortcut:
+                alpha = head_record(model, route, hidden, seen.activations.detach()).alpha(targets)
+            else:
+                rule.on = False
+                alpha = alpha_weights(class_gradients(scores, seen.activations, targets, retain_graph=True))
+                rule.on = True
             guided = input_gradients(scores, image, targets)  # (N, K, 3, H, W)
-    if start == layer:
-        alpha, path = alpha_weights(gradients), "autograd"
-    else:
-        summed = summed_weights(get_layer(model, start), seen.activations.shape[1])
-        alpha, path = shortcut_alpha(gradients, summed, seen.activations), "shortcut"
+    path = "shortcut" if route.shortcut else "autograd"
     cam = explanation_from_alpha(layer, targets, scores, seen.activations, alpha, tuple(x.shape[-2:]), False, path)
     return guided_times_cam(guided, cam).to(x.device)
 

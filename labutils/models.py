@@ -188,11 +188,13 @@ def default_layer(model: nn.Module) -> str:
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
     """The module called ``name`` (e.g. ``"features.29"``), with the valid names listed if there is none."""
-    modules = dict(model.named_modules())
-    if not isinstance(name, str) or name not in modules or name == "":
-        valid = feature_layers(model)
-        raise LayerError(f"model has no layer {name!r}; conv/ReLU layers with feature maps: {', '.join(valid)}")
-    return modules[name]
+    if isinstance(name, str) and name:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            pass
+    valid = feature_layers(model)
+    raise LayerError(f"model has no layer {name!r}; conv/ReLU layers with feature maps: {', '.join(valid)}")
 
 
 def predict(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[list[tuple[int, str, float]]]:
@@ -222,11 +224,8 @@ def min_input_size(model: nn.Module) -> int | None:
     model itself, if it is an ``nn.Sequential``) with each conv's and pooling's size formula; every
     feature map must keep at least 1x1 pixels. AlexNet gives 63, VGG-16 32. None for any other layout.
     """
-    layers = getattr(model, "features", model)
-    if not isinstance(layers, nn.Sequential):
-        return None
     for side in range(1, 4097):
-        fits = _map_sizes_fit(layers, side)
+        fits = input_fits(model, side, side)
         if fits is None:
             return None
         if fits:
@@ -234,9 +233,12 @@ def min_input_size(model: nn.Module) -> int | None:
     return None
 
 
-def _map_sizes_fit(layers: nn.Sequential, side: int) -> bool | None:
-    """Does a side x side input keep every feature map of ``layers`` at least 1x1? None: a layer we cannot follow."""
-    sizes = [side, side]
+def input_fits(model: nn.Module, height: int, width: int) -> bool | None:
+    """Does a height x width input keep every feature map of the model at least 1x1? None: a layout we cannot follow."""
+    layers = getattr(model, "features", model)
+    if not isinstance(layers, nn.Sequential):
+        return None
+    sizes = [height, width]
     for m in _flat(layers):
         if isinstance(m, _NO_MORE_MAPS):
             break

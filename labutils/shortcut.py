@@ -27,8 +27,20 @@ output and never reads W1. The maps are the same as autograd's, to float roundin
 Whether the identity holds is decided from what the model really computes after the layer
 (``shortcut_route``): torchvision's own ``VGG.forward`` / ``AlexNet.forward``, plain Sequentials,
 only MaxPool2d after the layer in ``features``, an AdaptiveAvgPool2d, Dropout then a Linear in
-``classifier``, and no hooks on any of them (nor global module hooks). Anything else, a ReLU
-after the layer (e.g. the conv ``features.28``) included, falls back to autograd.
+``classifier`` and after it only Linears, ReLUs and Dropouts, ending with a Linear, and no hooks on any
+of them (nor global module hooks). Anything else, a ReLU after the layer (e.g. the conv
+``features.28``) included, falls back to autograd.
+
+Above W1 the classifier is a chain of Linears, ReLUs and Dropouts (eval mode: the identity), so
+g1 needs no autograd either (``HeadRecord``): dy^c/dx at the last Linear's input is row c of its
+weight W3, each ReLU lets through only where its input was positive (the mask D, the signs of the
+Linear's output kept by a hook on the way forward), and each Linear multiplies by its weight::
+
+    g1 = D1 W2^T D2 W3[c]^T        (VGG-16 / AlexNet: W3 1000x4096, W2 4096x4096)
+
+so the forward pass runs without autograd and K classes cost K rows of W3 and one product of K rows
+with W2. For an interactive tool, ``HeadRecord.fold`` multiplies the chain out once per image,
+P = D2 W2 D1 W1s / Z (4096 x C): every class is then one row of W3 times P.
 
 W1s is cached per model (on its first Linear). The cache follows the weights: it is keyed on the
 weight tensor itself, its autograd version counter (bumped by optimizer steps and
@@ -42,13 +54,20 @@ from __future__ import annotations
 
 import threading
 import weakref
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.nn.modules import module as torch_module
 from torch.nn.utils import parametrize
+
+from .errors import LabError
+from .hooks import Capture, capture
+from .models import get_layer
 
 TORCHVISION_FORWARDS = (torchvision.models.VGG.forward, torchvision.models.AlexNet.forward)
 HOOK_DICTS = (
@@ -66,8 +85,19 @@ class Route:
     """Which way equation (1) is computed at one layer, and why."""
 
     shortcut: bool
-    linear: str | None  # the name of W1's module (e.g. "classifier.0"), when the shortcut holds
     reason: str  # why it holds, or why autograd runs instead
+    linears: tuple[str, ...] = ()  # the classifier's Linears W1, W2, ... bottom up (e.g. "classifier.0"), shortcut only
+    relu: tuple[bool, ...] = ()  # relu[i]: a ReLU lies between linears[i] and linears[i + 1]
+
+    @property
+    def linear(self) -> str | None:
+        """The name of W1's module, when the shortcut holds."""
+        return self.linears[0] if self.linears else None
+
+    @property
+    def masked(self) -> tuple[str, ...]:
+        """The Linears whose output goes through a ReLU: the signs of their outputs are the ReLU masks."""
+        return tuple(name for name, relu in zip(self.linears, self.relu) if relu)
 
 
 # ---------------------------------------------------------------- does the identity hold?
@@ -82,7 +112,7 @@ def shortcut_route(model: nn.Module, layer: str) -> Route:
     """Decide from the model's code and modules whether the shortcut is exact above ``layer``."""
 
     def autograd(reason: str) -> Route:
-        return Route(False, None, reason)
+        return Route(False, reason)
 
     if type(model).forward not in TORCHVISION_FORWARDS:
         return autograd(f"{type(model).__name__}.forward is not torchvision's VGG/AlexNet forward")
@@ -102,16 +132,23 @@ def shortcut_route(model: nn.Module, layer: str) -> Route:
     first = next((j for j, m in enumerate(classifier) if type(m) is not nn.Dropout), None)
     if first is None or type(classifier[first]) is not nn.Linear:
         return autograd("the classifier does not start with (Dropout and) an nn.Linear")
-    linear = classifier[first]
-    if parametrize.is_parametrized(linear):
-        return autograd("the classifier's first Linear is parametrized")
-    path = [model, features, *after, avgpool, classifier, *classifier[: first + 1]]
-    if any(has_hooks(m) for m in path):
-        return autograd(f"hooks on the modules between {layer} and the first Linear")
+    for j, m in enumerate(classifier):
+        if j > first and type(m) not in (nn.Linear, nn.ReLU, nn.Dropout):
+            return autograd(f"classifier.{j} is a {type(m).__name__}: above the first Linear only Linear, ReLU and "
+                            "Dropout layers are run backward by hand")
+    if type(classifier[-1]) is not nn.Linear:
+        return autograd("the classifier does not end with an nn.Linear (the scores y)")
+    if any(parametrize.is_parametrized(m) for m in classifier):
+        return autograd("a Linear of the classifier is parametrized")
+    if any(has_hooks(m) for m in [model, features, *after, avgpool, classifier, *classifier]):
+        return autograd(f"hooks on the modules above {layer}")
     if any(getattr(torch_module, attr) for attr in GLOBAL_HOOKS):
         return autograd("global module hooks are registered (torch.nn.modules.module.register_module_*_hook)")
+    linears = [j for j, m in enumerate(classifier) if j >= first and type(m) is nn.Linear]
+    relu = [any(type(m) is nn.ReLU for m in classifier[j:k]) for j, k in zip(linears, linears[1:])]
     pools = " + ".join(type(m).__name__ for m in [*after, avgpool])
-    return Route(True, f"classifier.{first}", f"{layer} -> {pools} -> flatten -> classifier.{first}")
+    return Route(True, f"{layer} -> {pools} -> flatten -> classifier.{first}",
+                 tuple(f"classifier.{j}" for j in linears), tuple(relu))
 
 
 # ---------------------------------------------------------------- W1s, cached per model
@@ -162,3 +199,97 @@ def shortcut_alpha(g1: torch.Tensor, summed: torch.Tensor, activations: torch.Te
     """alpha_k^c = (W1s^T g1)_k / Z from g1 = dy^c/dy1 (N, K, out), W1s (out, C) and A^k (N, C, h, w): (N, K, C)."""
     z = activations.shape[-2] * activations.shape[-1]  # the number of positions of A^k
     return (g1.float() @ summed) / z
+
+
+@dataclass
+class HeadRecord:
+    """What one forward pass leaves for computing g1 = dy^c/dy1 by hand, for any class c.
+
+    With the classifier's Linears W1 ... Wm (torchvision: m = 3), ``weights`` holds W2 ... Wm and
+    ``masks`` D1 ... D_{m-1}: where the output y_i of Linear i was positive, (N, out_i), or None when
+    no ReLU follows it. The weights are the model's own tensors (not copies).
+    """
+
+    weights: tuple[torch.Tensor, ...]  # W2 ... Wm
+    masks: tuple[torch.Tensor | None, ...]  # D1 ... D_{m-1}
+    summed: torch.Tensor  # W1s (out_1, C)
+    activations: torch.Tensor  # A^k (N, C, h, w), for Z
+    keys: tuple = ()  # the weights' identities when recorded: a later use after they changed is refused
+    folded: torch.Tensor | None = None  # P (N, in_m, C), after ``fold()``
+
+    def __post_init__(self) -> None:
+        self.keys = tuple(weight_key(w, 0) for w in self.weights)
+
+    def top_rows(self, targets: torch.Tensor) -> torch.Tensor:
+        """dy^c/dx at the last Linear's input for the classes (N, K): row c of Wm, (N, K, in_m)."""
+        if not self.weights:  # W1 is the last Linear: dy^c/dy1 is one-hot
+            return F.one_hot(targets, self.summed.shape[0]).to(self.summed.dtype)
+        return self.weights[-1][targets]
+
+    def gradient(self, targets: torch.Tensor) -> torch.Tensor:
+        """g1 = dy^c/dy1 for the classes (N, K): (N, K, out_1), top down through the chain."""
+        g = self.top_rows(targets)
+        for weight, mask in zip(self.weights[-2::-1], self.masks[:0:-1]):  # (W_{m-1}, D_{m-1}) ... (W2, D2)
+            g = few_rows_times(through_relu(g, mask), weight)  # dy^c/dx_i, at Linear i's input
+        return through_relu(g, self.masks[0]) if self.masks else g
+
+    def alpha(self, targets: torch.Tensor) -> torch.Tensor:
+        """Equation (1): alpha_k^c (N, K, C) for the classes (N, K)."""
+        if tuple(weight_key(w, 0) for w in self.weights) != self.keys:
+            raise LabError("the model's weights changed after this forward pass: run it again (e.g. head_pass)")
+        if self.folded is not None:
+            return self.top_rows(targets).to(self.folded.dtype) @ self.folded
+        return shortcut_alpha(self.gradient(targets), self.summed, self.activations)
+
+    def fold(self) -> torch.Tensor:
+        """P = D_{m-1} W_{m-1} ... D1 W1s / Z (N, in_m, C), once: then alpha^c = (row c of Wm) P, for any class."""
+        z = self.activations.shape[-2] * self.activations.shape[-1]
+        p = (self.summed / z).expand(self.activations.shape[0], *self.summed.shape)  # (N, out_1, C)
+        for i, mask in enumerate(self.masks):
+            if mask is not None:
+                p = p * mask[..., None]  # D_i
+            if i + 1 < len(self.weights):
+                p = self.weights[i].float() @ p  # W_{i+2} (out, in) @ (N, in, C)
+        self.folded = p
+        return p
+
+
+def through_relu(g: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A ReLU's backward pass: the gradient (N, K, n) where its input was positive (mask (N, n)); None: no ReLU."""
+    return g if mask is None else g * mask[:, None]
+
+
+def few_rows_times(g: torch.Tensor, weight: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """``g @ weight`` for a few rows g (N, K, out) and a large weight (out, in).
+
+    On the CPU, MKL's product of 2 to 16 rows with a 4096x4096 matrix first copies ("packs") all of
+    the matrix and costs 4 to 5 times the product of one row (AlexNet's W2, 5 rows: ~22 ms against
+    ~4.4 ms). Taken ``block`` rows of ``weight`` at a time, what is packed stays in the cache (~10 ms,
+    bench/RESULTS.md). One row, many rows or a GPU: one plain product.
+    """
+    rows = g.reshape(-1, g.shape[-1])
+    if g.device.type != "cpu" or not 1 < rows.shape[0] <= 16:
+        return g @ weight
+    out = rows.new_zeros(rows.shape[0], weight.shape[1])
+    for i in range(0, weight.shape[0], block):
+        out.addmm_(rows[:, i : i + block], weight[i : i + block])
+    return out.reshape(*g.shape[:-1], weight.shape[1])
+
+
+@contextmanager
+def recording(model: nn.Module, route: Route) -> Iterator[list[Capture]]:
+    """Hooks that keep the outputs of the Linears that feed a ReLU (``route.masked``) while the block runs."""
+    with ExitStack() as hooks:
+        yield [hooks.enter_context(capture(model, name, save_gradients=False, feature_map=False))
+               for name in route.masked]
+
+
+def head_record(model: nn.Module, route: Route, seen: list[Capture], activations: torch.Tensor) -> HeadRecord:
+    """The ``HeadRecord`` of one forward pass: the masks from what ``recording`` saw, the model's weights, W1s."""
+    signs = {c.layer: c.activations.detach() > 0 for c in seen}
+    return HeadRecord(
+        weights=tuple(get_layer(model, name).weight.detach() for name in route.linears[1:]),
+        masks=tuple(signs.get(name) for name in route.linears[:-1]),
+        summed=summed_weights(get_layer(model, route.linears[0]), activations.shape[1]),
+        activations=activations,
+    )

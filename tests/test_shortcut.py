@@ -17,8 +17,8 @@ from torch import nn
 
 import labutils
 from labutils import gradcam, guided_gradcam
-from labutils.cached import features_at, gradcam_from_features
-from labutils.shortcut import clear_shortcut_cache, shortcut_route, summed_weights
+from labutils.cached import class_weights, explanation_from_weights, features_at, gradcam_from_features, head_pass
+from labutils.shortcut import clear_shortcut_cache, few_rows_times, shortcut_route, summed_weights
 
 MIXED = [9, 22]  # classes whose maps have mixed signs with the seeded weights (see test_gradcam.py)
 FOUR = [9, 22, 243, 282]
@@ -251,3 +251,102 @@ def test_route_explains_itself(vgg16):
     assert "ReLU" in shortcut_route(vgg16, "features.28").reason
     tiny = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     assert "forward" in shortcut_route(tiny, "0").reason
+
+
+# ---------------------------------------------------------------- above W1: g1 by hand (HeadRecord)
+
+
+def test_route_lists_the_classifier_chain(models):
+    """The Linears the backward pass by hand goes through, and where a ReLU lies between them."""
+    vgg, alex = shortcut_route(models["vgg16"], "features.29"), shortcut_route(models["alexnet"], "features.11")
+    assert vgg.linears == ("classifier.0", "classifier.3", "classifier.6") and vgg.relu == (True, True)
+    assert alex.linears == ("classifier.1", "classifier.4", "classifier.6") and alex.relu == (True, True)
+    assert alex.masked == ("classifier.1", "classifier.4")
+
+
+def with_classifier(model: nn.Module, *layers: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose classifier is a copy of ``layers``."""
+    other = copy.deepcopy(model)
+    other.classifier = copy.deepcopy(nn.Sequential(*layers))
+    return other.eval()
+
+
+def alexnet_heads(alexnet: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Classifiers above AlexNet's W1 (9216 -> ...): what each must run (``shortcut`` or ``autograd``)."""
+    c = alexnet.classifier
+    torch.manual_seed(3)  # the new Linears' weights
+    return {
+        "a fine-tuned last Linear (10 classes)": (with_classifier(alexnet, *c[:6], nn.Linear(4096, 10)), "shortcut"),
+        "no ReLU between two Linears": (with_classifier(alexnet, c[0], c[1], nn.Dropout(), nn.Linear(4096, 50)),
+                                        "shortcut"),
+        "one Linear only (y = W1 v + b1)": (with_classifier(alexnet, nn.Linear(9216, 1000)), "shortcut"),
+        "four Linears": (with_classifier(alexnet, *c[:6], nn.Linear(4096, 300), nn.ReLU(), nn.Linear(300, 20)),
+                         "shortcut"),
+        "a Softmax at the end": (with_classifier(alexnet, *c, nn.Softmax(dim=1)), "autograd"),
+        "a Tanh between Linears": (with_classifier(alexnet, *c[:2], nn.Tanh(), *c[3:]), "autograd"),
+        "a GELU between Linears": (with_classifier(alexnet, *c[:2], nn.GELU(), *c[3:]), "autograd"),
+    }
+
+
+def test_g1_by_hand_equals_autograd_for_other_classifiers(alexnet, images):
+    for what, (model, path) in alexnet_heads(alexnet).items():
+        classes = [[1, 7], [3, 0]]  # K = 2 classes of N = 2 images: valid for every head (>= 10 outputs)
+        fast, slow = gradcam(model, images, classes), gradcam(model, images, classes, shortcut=False)
+        assert fast.path == path, f"{what}: {shortcut_route(model, 'features.11').reason}"
+        assert slow.path == "autograd"
+        assert_same_maps(fast, slow, what)
+        assert_no_hooks(model)
+
+
+def test_hooks_anywhere_in_the_classifier_make_autograd_run(alexnet, images):
+    model = copy.deepcopy(alexnet)
+    for index in (4, 5, 6):  # W2, the ReLU above it, W3: all above W1, all run by hand by the shortcut
+        handle = model.classifier[index].register_forward_hook(lambda m, i, o: o * 1.5)
+        try:
+            route = shortcut_route(model, "features.11")
+            assert not route.shortcut and "hooks" in route.reason, index
+            e = gradcam(model, images[:1], MIXED)
+            assert e.path == "autograd"
+            assert_close_rel(e.raw[0, 0], captum_raw_hooked(model, "features.11", images[:1], MIXED[0])[0, 0],
+                             f"hook on classifier.{index} vs Captum")
+        finally:
+            handle.remove()
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+def test_the_folded_chain_gives_the_same_weights(name, models, images):
+    """head_pass(fold=True), the explorer's: alpha^c = (row c of W3) P for any class, N images."""
+    model = models[name]
+    layer = labutils.default_layer(model)
+    a = features_at(model, layer, images)
+    plain, folded = head_pass(model, layer, a), head_pass(model, layer, a, fold=True)
+    assert folded.record.folded.shape == (2, 4096, a.shape[1])
+    classes = [FOUR, [1, 2, 3, 4]]
+    (t1, by_chain), (t2, by_fold) = class_weights(plain, classes), class_weights(folded, classes)
+    assert torch.equal(t1, t2)
+    torch.testing.assert_close(by_fold, by_chain, rtol=1e-5, atol=1e-5 * by_chain.abs().max().item())
+    slow = gradcam(model, images, classes, shortcut=False)
+    assert_same_maps(explanation_from_weights(folded, t2, by_fold), slow, f"{name} folded vs autograd")
+
+
+def test_a_kept_head_pass_refuses_weights_changed_in_place(alexnet, images):
+    model = copy.deepcopy(alexnet)
+    run = head_pass(model, "features.11", features_at(model, "features.11", images[:1]), fold=True)
+    class_weights(run, 9)
+    trained_step(model, images[:1])  # W2 and W3 change in place: the kept pass no longer matches them
+    with pytest.raises(labutils.LabError, match="weights changed"):
+        class_weights(run, 9)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 16, 17])
+def test_few_rows_times_is_the_plain_product(rows):
+    g = torch.Generator().manual_seed(rows)
+    lhs, weight = torch.randn(1, rows, 300, generator=g), torch.randn(300, 130, generator=g)
+    torch.testing.assert_close(few_rows_times(lhs, weight, block=64), lhs @ weight, rtol=1e-5, atol=1e-4)
+
+
+def test_the_shortcut_builds_no_autograd_graph(alexnet, images):
+    e = gradcam(alexnet, images, MIXED)
+    assert e.path == "shortcut"
+    assert not any(t.requires_grad for t in (e.raw, e.maps, e.scores))
+    assert all(p.grad is None for p in alexnet.parameters())
