@@ -59,7 +59,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.nn.modules import module as torch_module
@@ -222,8 +221,9 @@ class HeadRecord:
 
     def top_rows(self, targets: torch.Tensor) -> torch.Tensor:
         """dy^c/dx at the last Linear's input for the classes (N, K): row c of Wm, (N, K, in_m)."""
-        if not self.weights:  # W1 is the last Linear: dy^c/dy1 is one-hot
-            return F.one_hot(targets, self.summed.shape[0]).to(self.summed.dtype)
+        if not self.weights:  # W1 is the last Linear: dy^c/dy1 is one-hot (scatter: no wait for a GPU)
+            one_hot = self.summed.new_zeros(*targets.shape, self.summed.shape[0])
+            return one_hot.scatter_(-1, targets[..., None], 1.0)
         return self.weights[-1][targets]
 
     def gradient(self, targets: torch.Tensor) -> torch.Tensor:
