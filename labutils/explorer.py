@@ -14,7 +14,9 @@ flicker. It is fast because the explorer remembers what does not change:
   forward pass through the head above the layer (``cached.head_pass``), and the weights alpha_k^c
   of every class seen so far. The top-10 classes get theirs in one batched backward pass when A^k
   is computed, so switching between them, or to the counterfactual map (-alpha_k^c), runs no
-  network at all; any other class costs one backward pass through the head (``cached.class_weights``);
+  network at all. Any other class: by the shortcut (``labutils.shortcut``), the first one multiplies
+  the head's chain out once (``HeadRecord.fold``, ~150 ms on VGG-16), after which every class is one
+  row of W3 times it (~3 ms); elsewhere one backward pass through the head (``cached.class_weights``);
 * the Guided Backpropagation picture of the last few classes (it needs a full backward pass);
 * the current explanation: moving the opacity slider only re-blends the overlay.
 """
@@ -59,7 +61,7 @@ class FeatureCache:
     """What is computed once for one (image, model, layer): A^k and the head pass, and alpha_k^c per class seen."""
 
     key: tuple[str, str, str]  # (image, model, layer)
-    run: HeadPass  # A^k (1, C, h, w), the scores y and autograd's record of the head
+    run: HeadPass  # A^k (1, C, h, w), the scores y and the record of the head (the shortcut's, or autograd's)
     weights: dict[int, torch.Tensor] = field(default_factory=dict)  # class c -> alpha_k^c, (1, 1, C)
 
 
@@ -318,21 +320,24 @@ class Explorer(widgets.VBox):
     def _compute_features(self, new_predictions: bool) -> None:
         """A^k at the chosen layer (the only pass through the lower layers), the head pass, top-10 alpha."""
         model, layer = self.model, self.layer_choice.value
-        run = head_pass(model, layer, features_at(model, layer, self._image.tensor), fold=True)
+        run = head_pass(model, layer, features_at(model, layer, self._image.tensor))
         self._features = FeatureCache((self._image_key, self.model_choice.value, layer), run)
         if new_predictions or self._probabilities is None:
             self._probabilities = run.scores.detach()[0].softmax(dim=0).cpu()
         self._add_weights(self._probabilities.topk(TOP).indices.tolist())
 
     def _add_weights(self, classes: list[int]) -> None:
-        """alpha_k^c of ``classes`` by one backward pass through the kept head pass."""
+        """alpha_k^c of ``classes`` from the kept head pass (by the shortcut, or one backward pass)."""
+        record = self._features.run.record
+        if len(classes) == 1 and record is not None and record.folded is None:
+            record.fold()  # the first class outside the top-10: multiply the head's chain out, once per image and layer
         _, alpha = class_weights(self._features.run, [classes])
         for j, c in enumerate(classes):
             self._features.weights[c] = alpha[:, j : j + 1]
 
     def _gradcam(self, c: int, counterfactual: bool) -> Explanation:
         if c not in self._features.weights:
-            self._add_weights([c])  # a backward pass through the head, nothing else
+            self._add_weights([c])  # the head only: by the shortcut, or one backward pass
         return explanation_from_weights(self._features.run, torch.tensor([[c]]), self._features.weights[c],
                                         counterfactual=counterfactual, size=tuple(self._image.tensor.shape[-2:]))
 

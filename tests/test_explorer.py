@@ -119,6 +119,24 @@ def test_explanations_are_the_library_results(explorer, alexnet):
     assert_no_grads(alexnet)
 
 
+def test_a_class_outside_the_top10_folds_the_head_once_and_shows_gradcam(explorer, alexnet):
+    """At the seed's layer (the shortcut): the first new class multiplies the head's chain out, the maps stay exact."""
+    x = from_pil(make_picture()).tensor
+    assert explorer.layer_choice.value == "features.11"
+    record = explorer._features.run.record
+    assert record is not None and record.folded is None, "the top-10 need no fold"
+    options = [v for _, v in explorer.class_choice.options]
+    for outside in [c for c in range(1000) if c not in options][:2]:
+        explorer.search.value = str(outside)
+        assert explorer.class_choice.value == outside
+        assert record.folded is not None
+        ref = gradcam(alexnet, x, outside, shortcut=False)
+        assert ref.maps.amax() > 0
+        torch.testing.assert_close(explorer.explanation.maps, ref.maps, rtol=1e-4, atol=1e-4)
+    assert_no_hooks(alexnet)
+    assert_no_grads(alexnet)
+
+
 # ---------------------------------------------------------------- what runs again after a change
 
 
