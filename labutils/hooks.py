@@ -129,11 +129,13 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
     """
     with model_lock(model):
         modes = [(m, m.training) for m in model.modules()]
-        model.eval()
+        switched = any(training for _, training in modes)  # a model already in eval mode is left alone
+        if switched:
+            model.eval()
         try:
             yield model
         finally:
-            for m, training in modes:
+            for m, training in modes if switched else ():
                 m.training = training
 
 

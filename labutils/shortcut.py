@@ -1,4 +1,4 @@
-"""An exact shortcut for equation (1): alpha_k^c without the backward pass through the first Linear.
+"""An exact shortcut for equation (1): alpha_k^c from the forward pass, without a backward pass.
 
 Equation (1) needs only the *sum* over positions of each gradient map dy^c/dA^k, never the map
 itself. On torchvision's VGG-16 and AlexNet, at the seed's layer (the last ReLU: VGG-16
@@ -21,15 +21,8 @@ So with g1 = dy^c/dy1, the gradient at W1's output (N, 4096), and W1^T g1 the gr
     sum_ij dy^c/dA^k_ij = sum_p (W1^T g1)_(k*P+p) = (W1s^T g1)_k,    W1s[o, k] = sum_p W1[o, k*P+p]
 
 W1s is W1 summed over each channel's positions: VGG-16 4096x512 (8 MB) instead of 4096x25088
-(392 MB). Equation (1) becomes ``alpha_k^c = (W1s^T g1)_k / Z``: the backward pass stops at W1's
-output and never reads W1. The maps are the same as autograd's, to float rounding.
-
-Whether the identity holds is decided from what the model really computes after the layer
-(``shortcut_route``): torchvision's own ``VGG.forward`` / ``AlexNet.forward``, plain Sequentials,
-only MaxPool2d after the layer in ``features``, an AdaptiveAvgPool2d, Dropout then a Linear in
-``classifier`` and after it only Linears, ReLUs and Dropouts, ending with a Linear, and no hooks on any
-of them (nor global module hooks). Anything else, a ReLU after the layer (e.g. the conv
-``features.28``) included, falls back to autograd.
+(392 MB). Equation (1) becomes ``alpha_k^c = (W1s^T g1)_k / Z``: nothing goes back through W1, the
+pools or A^k. The maps are the same as autograd's, to float rounding.
 
 Above W1 the classifier is a chain of Linears, ReLUs and Dropouts (eval mode: the identity), so
 g1 needs no autograd either (``HeadRecord``): dy^c/dx at the last Linear's input is row c of its
@@ -42,12 +35,21 @@ so the forward pass runs without autograd and K classes cost K rows of W3 and on
 with W2. For an interactive tool, ``HeadRecord.fold`` multiplies the chain out once per image,
 P = D2 W2 D1 W1s / Z (4096 x C): every class is then one row of W3 times P.
 
+Whether the identity holds is decided from what the model really computes after the layer
+(``shortcut_route``): torchvision's own ``VGG.forward`` / ``AlexNet.forward``, plain Sequentials,
+only MaxPool2d after the layer in ``features``, an AdaptiveAvgPool2d, Dropout then a Linear in
+``classifier`` and after it only Linears, ReLUs and Dropouts, ending with a Linear, and no hooks on any
+of them (nor global module hooks). Anything else, a ReLU after the layer (e.g. the conv
+``features.28``) included, falls back to autograd.
+
 W1s is cached per model (on its first Linear). The cache follows the weights: it is keyed on the
 weight tensor itself, its autograd version counter (bumped by optimizer steps and
 ``load_state_dict``), its storage, device and dtype, so replaced parameters (``assign=True``,
 ``linear.weight = nn.Parameter(...)``) and in-place updates are seen. Changes that bypass the
 version counter, writing through ``weight.data`` or a numpy view of the weight, are not: after
-those, call ``clear_shortcut_cache()`` (or pass ``shortcut=False``).
+those, call ``clear_shortcut_cache()`` (or pass ``shortcut=False``). W2 and W3 are neither copied nor
+cached: each call reads the model's own weights, and a kept ``HeadRecord`` (the explorer's) refuses
+to serve once they have changed in place.
 """
 
 from __future__ import annotations
