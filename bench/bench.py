@@ -29,9 +29,10 @@ import argparse
 import copy
 import ctypes
 import datetime
+import functools
 import gc
+import importlib
 import importlib.metadata
-import importlib.util
 import itertools
 import json
 import os
@@ -78,7 +79,17 @@ QUICK_LEFT_OUT = {  # --quick (CI, well under 30 s): only labutils and Captum fo
     "labutils-autograd-5", "floor-5", "grad-cam-5", "torchcam-5",
     "head-below", "head-fwd", "head-fb1", "head-fb5", "linear-1", "linear-5", "hand-1", "hand-5",
 }
-PEERS = {"captum": "captum", "grad-cam": "pytorch_grad_cam", "torchcam": "torchcam"}  # package: module
+PEERS = {"captum": "captum.attr", "grad-cam": "pytorch_grad_cam", "torchcam": "torchcam.methods"}  # package: module
+
+
+@functools.cache
+def peer(package: str) -> bool:
+    """Whether a peer library imports (with its own dependencies: pytorch-grad-cam needs cv2, scipy, sklearn)."""
+    try:
+        importlib.import_module(PEERS[package])
+        return True
+    except ImportError:
+        return False
 ROW_TITLES = {
     "one class": "Grad-CAM, one class",
     "five classes": "Grad-CAM, five classes of one image (peers: five calls)",
@@ -187,7 +198,7 @@ def make_methods(model: nn.Module, x: torch.Tensor, keys: list[str] | None = Non
     add(Method("floor-5", "five classes", "autograd floor (split by hand)",
                lambda: floor_gradcam(below, head, x, five), "labutils-5"))
 
-    if keys is None or any(k.startswith("captum") for k in keys):
+    if (keys is None or any(k.startswith("captum") for k in keys)) and peer("captum"):
         from captum.attr import LayerGradCam
 
         def captum(c: int) -> torch.Tensor:
@@ -197,7 +208,7 @@ def make_methods(model: nn.Module, x: torch.Tensor, keys: list[str] | None = Non
         add(Method("captum-5", "five classes", "Captum LayerGradCam",
                    lambda: torch.cat([captum(c) for c in five], dim=1), "labutils-5"))
 
-    if keys is None or any(k.startswith("grad-cam") for k in keys):
+    if (keys is None or any(k.startswith("grad-cam") for k in keys)) and peer("grad-cam"):
         from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -226,7 +237,7 @@ def make_methods(model: nn.Module, x: torch.Tensor, keys: list[str] | None = Non
         add(Method("grad-cam-guided", "guided", "pytorch-grad-cam GradCAM x GuidedBackpropReLUModel",
                    lambda: pgc_guided(one), "labutils-guided", "rel", drop_both))
 
-    if keys is None or any(k.startswith("torchcam") for k in keys):
+    if (keys is None or any(k.startswith("torchcam") for k in keys)) and peer("torchcam"):
         from torchcam.methods import GradCAM as TorchcamGradCAM
 
         def torchcam(c: int) -> torch.Tensor:  # raw map (N, h, w)
@@ -411,9 +422,8 @@ def memory_child(model_name: str, key: str, threads: int | None, import_peers: b
     if threads:
         torch.set_num_threads(threads)
     if import_peers:
-        import captum.attr  # noqa: F401
-        import pytorch_grad_cam  # noqa: F401
-        import torchcam.methods  # noqa: F401
+        for package in PEERS:
+            peer(package)  # imported, when it can be
     model = labutils.load_model(model_name, weights="random")
     x = test_images(1)
     method = make_methods(model, x, [key])[key]
@@ -481,11 +491,6 @@ def throughput(model: nn.Module, device: torch.device, batch: int, reps: int, wa
     """Images/s over a batch for the forward pass, labutils and the peers, fp32, bf16 and fp16 autocast.
 
     ``size``/``peers``: --quick on the CPU checks the code path only (112x112, no peers: bf16 is slow there)."""
-    from captum.attr import LayerGradCam
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    from torchcam.methods import GradCAM as TorchcamGradCAM
-
     layer = labutils.default_layer(model)
     module = labutils.get_layer(model, layer)
     x = test_images(batch, size=size, seed=2).to(device)
@@ -504,27 +509,32 @@ def throughput(model: nn.Module, device: torch.device, batch: int, reps: int, wa
     def lab_low(dtype: torch.dtype) -> Callable[[], Any]:
         return lambda: labutils.gradcam(model, x, c, dtype=dtype)  # = a call inside the caller's autocast
 
+    def captum() -> Any:
+        from captum.attr import LayerGradCam
+        return LayerGradCam(model, module).attribute(x, target=c, relu_attributions=True)
+
     def pgc() -> Any:
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
         with GradCAM(model=model, target_layers=[module]) as cam:
             return cam(input_tensor=x, targets=[ClassifierOutputTarget(c)] * batch)
 
     def torchcam() -> Any:
+        from torchcam.methods import GradCAM as TorchcamGradCAM
         with TorchcamGradCAM(model, layer) as extractor:
             return extractor(c, model(x), normalized=False)
 
+    peer_calls = {"Captum fp32": ("captum", captum), "pytorch-grad-cam fp32": ("grad-cam", pgc),
+                  "torchcam fp32": ("torchcam", torchcam)}
     calls = {
         "forward fp32": forward,
         "labutils fp32": lambda: labutils.gradcam(model, x, c),
-        "Captum fp32": lambda: LayerGradCam(model, module).attribute(x, target=c, relu_attributions=True),
-        "pytorch-grad-cam fp32": pgc,
-        "torchcam fp32": torchcam,
+        **{k: f for k, (package, f) in peer_calls.items() if peers and peer(package)},
         "forward bf16 autocast": forward_low(torch.bfloat16),
         "labutils bf16 autocast": lab_low(torch.bfloat16),
         "forward fp16 autocast": forward_low(torch.float16),
         "labutils fp16 autocast": lab_low(torch.float16),
     }
-    if not peers:
-        calls = {k: f for k, f in calls.items() if k.startswith(("forward", "labutils"))}
     methods = {k: Method(k, "throughput", k, f, cleanup=lambda: model.zero_grad(set_to_none=True))
                for k, f in calls.items()}
     times, _ = interleaved(methods, reps, warmup, device)
@@ -608,6 +618,9 @@ def header(device: torch.device) -> list[str]:
         f"python {platform.python_version()}; device: "
         + (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"),
     ]
+    left_out = [package for package in PEERS if not peer(package)]
+    if left_out:
+        lines.append(f"left out (they do not import here): {', '.join(left_out)}")
     return lines
 
 
@@ -732,6 +745,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="throughput batch (default: 64 on GPU, 2 on CPU)")
     parser.add_argument("--no-throughput", action="store_true", help="skip the batch throughput / bf16 section")
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
+    parser.add_argument("--without-missing-peers", action="store_true",
+                        help="time the peers that import and leave out the others (named in the report) instead of "
+                             "refusing to run")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-import-peers", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -743,9 +759,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_child:
         memory_child(args.models[0], args.memory_child, args.threads, args.memory_import_peers)
         return 0
-    missing = [package for package, module in PEERS.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        print(f"bench.py: {', '.join(missing)} not installed: pip install -e '.[bench]'", file=sys.stderr)
+    missing = [package for package in PEERS if not peer(package)]
+    if missing and not args.without_missing_peers:
+        print(f"bench.py: {', '.join(missing)} cannot be imported: pip install -e '.[bench]' (or run with "
+              "--without-missing-peers)", file=sys.stderr)
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench.py: --device cuda, but CUDA is not available on this machine (torch "

@@ -61,9 +61,10 @@ def test_quick_mode_runs_and_every_method_gives_the_same_map():
     assert re.search(r"\| no-grad forward \| \d+ \| -?\d+\.\d \| 1\.00x", out)
     assert re.search(r"\| labutils \| \d+ \| -?\d+\.\d \| \d\.\d\dx", out)
     # the throughput / bf16 section (the GPU mode's code path, run small on the CPU)
-    assert "labutils bf16 autocast" in out
-    corr = re.search(r"Pearson correlation min (\d\.\d+), mean (\d\.\d+)", out)
-    assert corr and 0.9 < float(corr.group(1)) <= 1.0
+    assert "labutils bf16 autocast" in out and "labutils fp16 autocast" in out
+    for low in ("bf16", "fp16"):
+        corr = re.search(low + r" autocast maps vs fp32 maps .*Pearson correlation min (\d\.\d+), mean (\d\.\d+)", out)
+        assert corr and 0.9 < float(corr.group(1)) <= 1.0, low
 
 
 def test_a_method_whose_map_differs_is_refused():
@@ -96,3 +97,21 @@ def test_cuda_mode_refuses_clearly_without_cuda_or_runs_with_it():
         assert done.returncode == 2
         assert "CUDA is not available" in done.stderr and "run without --device cuda" in done.stderr
         assert done.stdout == ""
+
+
+def test_a_peer_that_does_not_import_is_refused_or_left_out(tmp_path, alexnet):
+    """pytorch-grad-cam imports cv2, scipy, sklearn: where one is missing, --without-missing-peers still runs."""
+    broken = tmp_path / "torchcam"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('no module named cv2 (a stand-in)')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "bench.py: torchcam cannot be imported: pip install -e '.[bench]' (or run with --without-missing-peers)"]
+    bench = load_bench()
+    bench.PEERS["torchcam"] = "torchcam_not_here.methods"
+    bench.peer.cache_clear()
+    methods = bench.make_methods(alexnet, torch.rand(1, 3, 224, 224), None)
+    assert not any(k.startswith("torchcam") for k in methods) and "captum" in methods and "grad-cam" in methods
+    assert "left out (they do not import here): torchcam" in bench.header(torch.device("cpu"))
