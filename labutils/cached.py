@@ -153,9 +153,10 @@ def gradcam_from_features(
 
 
 def class_weights(run: HeadPass, classes: ClassSpec = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Equation (1) from a kept head pass (a backward pass, or the shortcut by hand): ``(classes (N, K), alpha_k^c (N, K, C))``.
+    """Equation (1) from a kept head pass: ``(classes (N, K), alpha_k^c (N, K, C))``.
 
-    The record of the forward pass stays, so other classes can follow.
+    By the shortcut (the kept ``HeadRecord``, no backward pass), else by one backward pass. The
+    record of the forward pass stays, so other classes can follow.
     """
     targets = targets_for(run.scores, class_targets(classes, run.scores.shape[0]))
     return targets, weights_from_pass(run, targets, retain_graph=True)
