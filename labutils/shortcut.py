@@ -141,8 +141,14 @@ def shortcut_route(model: nn.Module, layer: str) -> Route:
         return autograd("the classifier does not end with an nn.Linear (the scores y)")
     if any(parametrize.is_parametrized(m) for m in classifier):
         return autograd("a Linear of the classifier is parametrized")
-    if any(has_hooks(m) for m in [model, features, *after, avgpool, classifier, *classifier]):
+    path = [model, features, *after, avgpool, classifier, *classifier]
+    if any(has_hooks(m) for m in path):
         return autograd(f"hooks on the modules above {layer}")
+    if any("forward" in vars(m) for m in path):
+        return autograd(f"a module above {layer} has a forward of its own (set on the instance)")
+    linears = [m for m in classifier if type(m) is nn.Linear]
+    if len({id(m) for m in linears}) < len(linears):
+        return autograd("the same Linear is used twice in the classifier (its hook would see two outputs)")
     if any(getattr(torch_module, attr) for attr in GLOBAL_HOOKS):
         return autograd("global module hooks are registered (torch.nn.modules.module.register_module_*_hook)")
     linears = [j for j, m in enumerate(classifier) if j >= first and type(m) is nn.Linear]

@@ -350,3 +350,22 @@ def test_the_shortcut_builds_no_autograd_graph(alexnet, images):
     assert e.path == "shortcut"
     assert not any(t.requires_grad for t in (e.raw, e.maps, e.scores))
     assert all(p.grad is None for p in alexnet.parameters())
+
+
+def test_a_shared_linear_or_an_instance_forward_makes_autograd_run(alexnet, images):
+    """Two uses of one Linear (tied weights), or a forward set on an instance: the route cannot see what runs."""
+    torch.manual_seed(4)
+    tied = nn.Linear(4096, 4096)
+    c = alexnet.classifier
+    shared = with_classifier(alexnet, *c[:3])
+    shared.classifier = nn.Sequential(*shared.classifier, tied, nn.ReLU(), tied, nn.ReLU(), nn.Linear(4096, 10))
+    patched = copy.deepcopy(alexnet)
+    linear = patched.classifier[4]
+    linear.forward = lambda v: nn.functional.linear(v, linear.weight) * 0.5  # no bias, halved
+    for what, model in {"a Linear used twice": shared, "a forward set on W2": patched}.items():
+        route = shortcut_route(model, "features.11")
+        assert not route.shortcut and route.reason, what
+        e = gradcam(model, images, [[1, 7], [3, 0]])
+        assert e.path == "autograd", what
+        assert_same_maps(e, gradcam(model, images, [[1, 7], [3, 0]], shortcut=False), what)
+        assert_close_rel(e.raw[0, 0], captum_raw_hooked(model, "features.11", images[:1], 1)[0, 0], f"{what} vs Captum")
