@@ -341,11 +341,10 @@ def gradcam(
     (its hooks, modes, BatchNorm statistics, parameters' ``.grad``) and ``x`` are left exactly as
     they were. A ``torch.compile``d model is explained through the module it wraps.
     """
-    check_images(x)
     model = uncompiled(model)
+    images = model_input(model, x)  # checked; on the model's device, in its dtype; fits its input size
     layer = default_layer(model) if layer is None else layer  # "" is refused, not the default
     targets = class_targets(classes, x.shape[0])
-    images = model_input(model, x)  # on the model's device, in its dtype, checked against its input size
     device = images.device
     dtype = callers_autocast(device, dtype)
     lower_precision(device, dtype)  # an unsupported dtype: LabError before anything runs

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .gradcam import (
-    ClassSpec, Explanation, alpha_weights, check_images, class_gradients, class_targets, explanation_from_alpha,
+    ClassSpec, Explanation, alpha_weights, class_gradients, class_targets, explanation_from_alpha,
     model_input, on_device, targets_for,
 )
 from .hooks import capture, explaining, uncompiled
@@ -90,11 +90,10 @@ def input_gradients(scores: torch.Tensor, image: torch.Tensor, targets: torch.Te
 @torch.inference_mode(False)
 def guided_backprop(model: nn.Module, x: torch.Tensor, classes: ClassSpec = None) -> Explanation:
     """Guided Backpropagation: d y^c / d image with the guided ReLU rule, (N, K, 3, H, W)."""
-    check_images(x)
     model = uncompiled(model)
+    image = model_input(model, x).detach().clone().requires_grad_(True)  # checked; the model's device and dtype
     targets = class_targets(classes, x.shape[0])
     with explaining(model):
-        image = model_input(model, x).detach().clone().requires_grad_(True)  # the model's device and dtype
         device = image.device
         targets = on_device(targets, device)
         with guided_relus(model), torch.enable_grad():
@@ -116,12 +115,11 @@ def guided_gradcam(
     pass, without a backward pass: ``shortcut=False`` turns that off); then the rule is switched on
     for the backward pass to the image.
     """
-    check_images(x)
     model = uncompiled(model)
+    image = model_input(model, x).detach().clone().requires_grad_(True)  # checked; the model's device and dtype
     layer = default_layer(model) if layer is None else layer  # "" is refused, not the default
     targets = class_targets(classes, x.shape[0])
     with explaining(model):
-        image = model_input(model, x).detach().clone().requires_grad_(True)  # the model's device and dtype
         device = image.device
         targets = on_device(targets, device)
         route = shortcut_route(model, layer) if shortcut else Route(False, "shortcut=False")

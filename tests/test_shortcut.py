@@ -7,6 +7,7 @@ runs autograd's backward pass down to A^k."""
 from __future__ import annotations
 
 import copy
+import traceback
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torchvision
 from captum.attr import LayerGradCam
 from conftest import assert_close_rel, assert_model_unchanged, assert_no_hooks, call_and_check, third_party
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import labutils
 from labutils import gradcam, guided_gradcam
@@ -369,3 +371,74 @@ def test_a_shared_linear_or_an_instance_forward_makes_autograd_run(alexnet, imag
         assert e.path == "autograd", what
         assert_same_maps(e, gradcam(model, images, [[1, 7], [3, 0]], shortcut=False), what)
         assert_close_rel(e.raw[0, 0], captum_raw_hooked(model, "features.11", images[:1], 1)[0, 0], f"{what} vs Captum")
+
+
+# ---------------------------------------------------------------- no host synchronisation (the GPU path)
+
+
+class ValuesReadBack(TorchDispatchMode):
+    """Every operation that hands a tensor's value to Python: on a GPU each one waits for the device.
+
+    Recorded with the names of the functions on the stack, so a test can tell input validation
+    (``model_input``, ``class_targets``) from the hot path. ``tolist``/``numpy`` bypass the
+    dispatcher: the test patches them on ``torch.Tensor``."""
+
+    READ_BACK = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
+                 "equal", "allclose", "is_nonzero"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, set[str]]] = []
+
+    def note(self, what: str) -> None:
+        self.seen.append((what, {frame.name for frame in traceback.extract_stack()}))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.READ_BACK:
+            self.note(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def read_backs(monkeypatch):
+    mode = ValuesReadBack()
+    for method in ("tolist", "numpy"):
+        original = getattr(torch.Tensor, method)
+
+        def patched(self, *args, _original=original, _method=method, **kwargs):
+            mode.note(_method)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, patched)
+    return mode
+
+
+def test_the_read_back_detector_sees_what_waits_for_the_device(read_backs):
+    t = torch.arange(4.0)
+    with read_backs:
+        bool(t[1] > 0), t.max().item(), t.nonzero(), t.tolist()
+    assert [what for what, _ in read_backs.seen] == ["_local_scalar_dense", "_local_scalar_dense", "nonzero", "tolist"]
+
+
+@pytest.mark.parametrize("call", ["one class", "top-1", "K classes", "counterfactual", "a tensor of classes",
+                                  "guided", "autograd"])
+def test_only_input_validation_reads_values_back(call, alexnet, images, read_backs):
+    """Issue 12: no host synchronisation in the hot path beyond input validation. On the CPU nothing
+    waits, but every value read back to Python is seen here; each must come from ``model_input`` (the
+    images' finite check) or ``class_targets`` (classes given as a tensor)."""
+    x = images.repeat(2, 1, 1, 1)  # four images
+    calls = {
+        "one class": lambda: gradcam(alexnet, x, 9),
+        "top-1": lambda: gradcam(alexnet, x),
+        "K classes": lambda: gradcam(alexnet, x, [MIXED] * 4),
+        "counterfactual": lambda: gradcam(alexnet, x, 9, counterfactual=True),
+        "a tensor of classes": lambda: gradcam(alexnet, x, torch.tensor([[9, 22]] * 4)),
+        "guided": lambda: guided_gradcam(alexnet, x, 9),
+        "autograd": lambda: gradcam(alexnet, x, 9, shortcut=False),
+    }
+    with read_backs:
+        e = calls[call]()
+    assert e.path == ("autograd" if call == "autograd" else "shortcut")
+    assert read_backs.seen, "the images' finite check reads one value back: the detector saw nothing"
+    hot = [what for what, stack in read_backs.seen if not {"model_input", "class_targets"} & stack]
+    assert not hot, f"{call}: the hot path reads values back to Python ({hot}): on a GPU each one waits"
