@@ -3,7 +3,8 @@
 
     python bench/bench.py                    # CPU, AlexNet and VGG-16, batch 1, 224x224 (several minutes)
     python bench/bench.py --quick            # AlexNet, few repetitions: CI checks that it keeps working
-    python bench/bench.py --device cuda      # adds batch throughput (images/s) and bf16 autocast maps
+    python bench/bench.py --device cuda      # adds batch throughput (images/s) and bf16 / fp16 autocast maps
+    python bench/bench.py --precision        # on the CPU: bf16 / fp16 maps against fp32 maps (slow)
 
 Every time is reported as a ratio to a plain ``torch.no_grad()`` forward pass of the same model,
 measured side by side in the same process: each round runs every method once, round-robin (the
@@ -53,7 +54,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # labutils from this checkout
 
 import labutils  # noqa: E402
-from labutils.cached import class_weights, explanation_from_weights, head_pass  # noqa: E402
+from labutils.cached import class_weights, explanation_from_weights, features_at, head_pass  # noqa: E402
 from labutils.gradcam import alpha_weights, combine, one_hot_seeds  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*did not already require gradients.*")
@@ -585,6 +586,45 @@ def tf32_tradeoff(model: nn.Module, x: torch.Tensor, c: int) -> list[str]:
             f"TF32 off {off:.1e}"]
 
 
+def precision(model: nn.Module, device: torch.device, seeds: tuple[int, ...] = (7, 11), n: int = 4,
+              size: int = 224) -> list[str]:
+    """bf16 / fp16 autocast maps against fp32 maps, and what limits them: Grad-CAM's own sensitivity.
+
+    For each seed, ``n`` smooth images x 5 classes: the correlation of the maps, the relative error of
+    A^k under autocast, and the correlation of fp32 maps whose A^k is perturbed by noise of bf16's
+    relative error (A^k x (1 + e N(0, 1)), three draws): no bf16 mode that computes A^k in bf16 can
+    do better than the map's own sensitivity to such an error.
+    """
+    layer = labutils.default_layer(model)
+    module = labutils.get_layer(model, layer)
+    classes = [[9, 22, 243, 282, 1]] * n
+    lines = [f"| images (seed) | bf16 maps: min (mean) | fp16 maps: min (mean) | A^k error bf16 / fp16 | fp32 maps, A^k "
+             "perturbed by bf16's error: min of 3 draws (worst draw's mean) |", "| --- | ---: | ---: | ---: | ---: |"]
+    for seed in seeds:
+        x = test_images(n, size=size, seed=seed).to(device)
+        full = labutils.gradcam(model, x, classes)
+        a32 = features_at(model, layer, x)
+        corr, error = {}, {}
+        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            corr[name] = correlation(full.maps, labutils.gradcam(model, x, classes, dtype=dtype).maps)
+            with torch.autocast(device.type, dtype=dtype):
+                error[name] = ((features_at(model, layer, x).float() - a32).norm() / a32.norm()).item()
+        perturbed = []
+        for draw in range(3):
+            g = torch.Generator(device).manual_seed(draw)
+            hook = module.register_forward_hook(
+                lambda m, i, out: out * (1 + error["bf16"] * torch.randn(out.shape, generator=g, device=out.device)))
+            try:
+                perturbed.append(correlation(full.maps, labutils.gradcam(model, x, classes).maps))
+            finally:
+                hook.remove()
+        worst = min(perturbed, key=lambda r: r.min().item())
+        lines.append(f"| {n} ({seed}) | {corr['bf16'].min():.4f} ({corr['bf16'].mean():.4f}) | "
+                     f"{corr['fp16'].min():.4f} ({corr['fp16'].mean():.4f}) | {error['bf16']:.2%} / "
+                     f"{error['fp16']:.2%} | {worst.min():.4f} ({worst.mean():.4f}) |")
+    return lines
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -744,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="cpu: time.process_time, steadier on a shared machine (use with --threads 1)")
     parser.add_argument("--batch", type=int, default=None, help="throughput batch (default: 64 on GPU, 2 on CPU)")
     parser.add_argument("--no-throughput", action="store_true", help="skip the batch throughput / bf16 section")
+    parser.add_argument("--precision", action="store_true",
+                        help="bf16 / fp16 maps against fp32 maps (always with --device cuda; on a CPU without native "
+                             "bf16/fp16 convolutions ~15 min for both models)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
     parser.add_argument("--without-missing-peers", action="store_true",
                         help="time the peers that import and leave out the others (named in the report) instead of "
@@ -789,6 +832,17 @@ def main(argv: list[str] | None = None) -> int:
             quick_cpu = args.quick and device.type == "cpu"
             part += throughput(model, device, batch, reps=1 if args.quick else args.reps, warmup=0 if args.quick else 1,
                                size=112 if quick_cpu else 224, peers=not quick_cpu)
+            print("\n".join(part) + "\n", flush=True)
+            lines += part + [""]
+            del model
+        if device.type == "cuda" or args.precision or args.quick:  # quick mode: the code path only
+            model = labutils.load_model(name, weights="random").to(device)
+            part = [f"Lower precision ({device.type} autocast; maps' Pearson correlation with fp32 maps, 5 classes per "
+                    "image; target >= 0.99 every map):", ""]
+            part += precision(model, device, seeds=(7,), n=1, size=112) if args.quick else precision(model, device)
+            part += ["", "The last column bounds what any bf16 mode that computes A^k in bf16 can reach: fp32 Grad-CAM "
+                     "itself moves that much when A^k changes by bf16's relative error (the classifier's ReLU masks "
+                     "flip, alpha_k^c changes, and a map that is a small remainder of cancelling terms amplifies it)."]
             print("\n".join(part) + "\n", flush=True)
             lines += part + [""]
             del model

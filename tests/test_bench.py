@@ -65,6 +65,13 @@ def test_quick_mode_runs_and_every_method_gives_the_same_map():
     for low in ("bf16", "fp16"):
         corr = re.search(low + r" autocast maps vs fp32 maps .*Pearson correlation min (\d\.\d+), mean (\d\.\d+)", out)
         assert corr and 0.9 < float(corr.group(1)) <= 1.0, low
+    # the lower-precision section: maps' correlations, A^k's error (bf16's 8 bits vs fp16's 11), the perturbed bound
+    row = re.search(r"\| 1 \(7\) \| (\d\.\d{4}) \((\d\.\d{4})\) \| (\d\.\d{4}) \((\d\.\d{4})\) \| "
+                    r"(\d+\.\d\d)% / (\d+\.\d\d)% \| (\d\.\d{4}) \((\d\.\d{4})\) \|", out)
+    assert row, "the bf16 / fp16 precision table is missing"
+    bf16_min, _, fp16_min, _, bf16_error, fp16_error, bound, _ = map(float, row.groups())
+    assert 0.9 < bf16_min <= 1 and 0.9 < fp16_min <= 1 and 0.5 < bound <= 1
+    assert 0 < fp16_error < bf16_error < 2, "bf16 keeps 8 bits of precision, fp16 11: A^k's errors say otherwise"
 
 
 def test_a_method_whose_map_differs_is_refused():
