@@ -559,7 +559,24 @@ def throughput(model: nn.Module, device: torch.device, batch: int, reps: int, wa
                      f"correlation min {r.min():.4f}, mean {r.mean():.4f} (target >= 0.99)")
     if device.type == "cuda":
         lines += tf32_tradeoff(model, x[:4], c)
+        lines += ["", f"Host synchronisations in one call (torch.cuda.set_sync_debug_mode): labutils fp32 "
+                  f"{host_syncs(calls['labutils fp32'])}, bf16 {host_syncs(calls['labutils bf16 autocast'])} "
+                  "(input validation needs 1: the images' finite check); no-grad forward "
+                  f"{host_syncs(forward)}"]
     return lines
+
+
+def host_syncs(call: Callable[[], Any]) -> int:
+    """How many operations of one call wait for the GPU (CUDA's sync debug mode warns at each)."""
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchroniz" in str(w.message) for w in seen)
 
 
 def tf32_tradeoff(model: nn.Module, x: torch.Tensor, c: int) -> list[str]:
