@@ -213,11 +213,14 @@ def class_gradients(
     seeds together (autograd's ``is_grads_batched``): each layer of the head multiplies its weights
     with all K gradients at once, and the forward pass that produced ``scores`` is shared by all
     classes. (``activations`` may be any tensor of the head's graph: the shortcut passes W1's output.)
+    Under ``torch.autograd.set_detect_anomaly(True)``, whose checks cannot run batched, one backward
+    pass per class.
     """
     seeds = one_hot_seeds(scores, targets)  # (K, N, 1000)
-    if seeds.shape[0] == 1:
-        (gradient,) = torch.autograd.grad(scores, activations, seeds[0], retain_graph=retain_graph)
-        return gradient[:, None]
+    if seeds.shape[0] == 1 or torch.is_anomaly_enabled():
+        last = seeds.shape[0] - 1
+        return torch.stack([torch.autograd.grad(scores, activations, seed, retain_graph=retain_graph or k < last)[0]
+                            for k, seed in enumerate(seeds)], dim=1)  # (N, K, C, h, w)
     (gradients,) = torch.autograd.grad(
         scores, activations, seeds, retain_graph=retain_graph, is_grads_batched=True
     )  # (K, N, C, h, w)

@@ -163,3 +163,23 @@ def test_an_unsupported_dtype_is_one_clear_error(alexnet, images):
         gradcam(alexnet, images[:1], 9, dtype=torch.int8)
     assert_no_hooks(alexnet)
     assert not torch.is_autocast_enabled("cpu")
+
+
+# ---------------------------------------------------------------- anomaly detection
+
+
+def test_anomaly_detection_mode_gives_the_same_maps(alexnet, images):
+    """Under torch.autograd.set_detect_anomaly(True) (a student debugging NaNs) autograd's batched
+    gradients fail ("Batching rule not implemented for aten::item"): K classes take one backward pass each."""
+    classes = [MIXED, MIXED[::-1]]
+    expected = {"gradcam": gradcam(alexnet, images, classes, shortcut=False),
+                "guided_gradcam": guided_gradcam(alexnet, images, classes, shortcut=False)}
+    with torch.autograd.set_detect_anomaly(True):
+        actual = {"gradcam": gradcam(alexnet, images, classes, shortcut=False),
+                  "guided_gradcam": guided_gradcam(alexnet, images, classes, shortcut=False)}
+        assert torch.is_anomaly_enabled(), "the caller's anomaly mode was switched off"
+    for name, e in actual.items():
+        assert e.path == "autograd" and e.raw.shape == expected[name].raw.shape, name
+        torch.testing.assert_close(e.raw, expected[name].raw, rtol=1e-5, atol=1e-7, msg=name)
+    assert_no_hooks(alexnet)
+    assert_no_grads(alexnet)
