@@ -160,6 +160,9 @@ def class_targets(classes: ClassSpec, n_images: int) -> torch.Tensor | None:
     rows = [r.tolist() if hasattr(r, "tolist") else r for r in classes]
     if not rows:
         raise ClassError("no class given: pass a class index or name, a list of them, or None for the top-1 class")
+    odd = [r for r in rows if not isinstance(r, (int, str, list, tuple))]
+    if odd:  # 9.5, None, a set...: not "a mix of classes and lists"
+        raise ClassError(f"class {odd[0]!r} is not a class index or name")
     if all(isinstance(r, (int, str)) for r in rows):
         if n_images == 1:
             rows = [rows]

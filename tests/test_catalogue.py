@@ -88,6 +88,8 @@ CLASS_ROWS = [  # (classes, number of images, error, message fragment)
     ([243, 1, 2], 2, ClassError, "got 3 classes for a batch of 2 images"),
     ([], 1, ClassError, "no class given"),
     (torch.tensor(2.5), 1, ClassError, "class 2.5 is not a class index or name"),
+    (torch.tensor([9.5, 2.0]), 2, ClassError, "class 9.5 is not a class index or name"),  # not "a mix"
+    ([9, None], 2, ClassError, "class None is not a class index or name"),
 ]
 
 
