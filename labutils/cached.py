@@ -37,7 +37,7 @@ from .gradcam import (
     targets_for,
 )
 from .hooks import explaining, uncompiled
-from .models import feature_layers, get_layer, model_name
+from .models import feature_layers, get_layer, model_name, output_classes
 from .shortcut import HeadRecord, head_record, recording, shortcut_route
 
 INPUT_SIZE = (224, 224)  # the input size of the lab's models, the size the maps are upsampled to
@@ -141,7 +141,7 @@ def gradcam_from_features(
     size the maps are upsampled to. Neither the model (no hooks, no ``.grad``) nor ``activations``
     are changed.
     """
-    targets = class_targets(classes, activations.shape[0])
+    targets = class_targets(classes, activations.shape[0], output_classes(model))
     run = head_pass(model, layer, activations)
     targets = targets_for(run.scores, targets)
     alpha = weights_from_pass(run, targets, retain_graph=False)
@@ -158,7 +158,7 @@ def class_weights(run: HeadPass, classes: ClassSpec = None) -> tuple[torch.Tenso
     By the shortcut (the kept ``HeadRecord``, no backward pass), else by one backward pass. The
     record of the forward pass stays, so other classes can follow.
     """
-    targets = targets_for(run.scores, class_targets(classes, run.scores.shape[0]))
+    targets = targets_for(run.scores, class_targets(classes, run.scores.shape[0], run.scores.shape[1]))
     return targets, weights_from_pass(run, targets, retain_graph=True)
 
 

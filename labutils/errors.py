@@ -33,6 +33,10 @@ class LayerError(LabError, ValueError):
     """A layer name that does not exist, or whose output is not a 4-D feature map."""
 
 
+class OverlayError(LabError, ValueError):
+    """Overlay settings that cannot be drawn: alpha outside [0, 1], an unknown colormap, a map that is not (H, W)."""
+
+
 class WeightsError(LabError, RuntimeError):
     """Weights that are missing, broken, of the wrong architecture, or unsafe to load."""
 

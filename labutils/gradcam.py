@@ -40,7 +40,7 @@ from torch import nn
 
 from .errors import ClassError, ImageError, LabError, ModelError
 from .hooks import capture, explaining, uncompiled
-from .models import default_layer, input_fits, min_input_size, resolve_class
+from .models import default_layer, input_fits, min_input_size, output_classes, resolve_class
 from .shortcut import Route, head_record, recording, shortcut_route
 
 ClassSpec = Union[int, str, Sequence[Union[int, str]], Sequence[Sequence[Union[int, str]]], torch.Tensor, None]
@@ -144,17 +144,18 @@ def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.to(device=device, dtype=dtype)
 
 
-def class_targets(classes: ClassSpec, n_images: int) -> torch.Tensor | None:
+def class_targets(classes: ClassSpec, n_images: int, outputs: int | None = None) -> torch.Tensor | None:
     """Turn ``classes`` into an (N, K) tensor of class indices (None: each image's top-1 class).
 
     One class (index or name) applies to every image; a flat list gives one class per image, or K
     classes of the only image when N == 1; a list of N lists gives K classes for every image.
+    With ``outputs`` (the model's number of classes, ``output_classes``), indices beyond it are refused.
     """
     if classes is None:
         return None
     classes = classes.tolist() if hasattr(classes, "tolist") else classes  # numpy / torch -> Python
     if isinstance(classes, (int, str)):
-        return torch.full((n_images, 1), resolve_class(classes), dtype=torch.long)
+        return within(torch.full((n_images, 1), resolve_class(classes), dtype=torch.long), outputs)
     if not isinstance(classes, (list, tuple)):
         raise ClassError(f"class {classes!r} is not a class index or name")
     rows = [r.tolist() if hasattr(r, "tolist") else r for r in classes]
@@ -180,7 +181,15 @@ def class_targets(classes: ClassSpec, n_images: int) -> torch.Tensor | None:
         )
     if len(rows) != n_images or len({len(r) for r in rows}) != 1 or not rows[0]:
         raise ClassError(f"classes must be {n_images} lists of the same non-zero length, one list per image")
-    return torch.tensor([[resolve_class(c) for c in r] for r in rows], dtype=torch.long)
+    return within(torch.tensor([[resolve_class(c) for c in r] for r in rows], dtype=torch.long), outputs)
+
+
+def within(targets: torch.Tensor, outputs: int | None) -> torch.Tensor:
+    """``targets`` (on the CPU: nothing waits for a GPU), refused if an index is beyond the model's outputs."""
+    if outputs is not None and int(targets.max()) >= outputs:
+        raise ClassError(f"class index {int(targets.max())} is out of range for this model: it has "
+                         f"{outputs} outputs (0..{outputs - 1})")
+    return targets
 
 
 # ---------------------------------------------------------------- Grad-CAM
@@ -351,7 +360,7 @@ def gradcam(
     model = uncompiled(model)
     images = model_input(model, x)  # checked; on the model's device, in its dtype; fits its input size
     layer = default_layer(model) if layer is None else layer  # "" is refused, not the default
-    targets = class_targets(classes, x.shape[0])
+    targets = class_targets(classes, x.shape[0], output_classes(model))
     device = images.device
     dtype = callers_autocast(device, dtype)
     lower_precision(device, dtype)  # an unsupported dtype: LabError before anything runs

@@ -26,7 +26,7 @@ from .gradcam import (
     model_input, on_device, targets_for,
 )
 from .hooks import capture, explaining, uncompiled
-from .models import default_layer
+from .models import default_layer, output_classes
 from .shortcut import Route, head_record, recording, shortcut_route
 
 
@@ -92,7 +92,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, classes: ClassSpec = None
     """Guided Backpropagation: d y^c / d image with the guided ReLU rule, (N, K, 3, H, W)."""
     model = uncompiled(model)
     image = model_input(model, x).detach().clone().requires_grad_(True)  # checked; the model's device and dtype
-    targets = class_targets(classes, x.shape[0])
+    targets = class_targets(classes, x.shape[0], output_classes(model))
     with explaining(model):
         device = image.device
         targets = on_device(targets, device)
@@ -118,7 +118,7 @@ def guided_gradcam(
     model = uncompiled(model)
     image = model_input(model, x).detach().clone().requires_grad_(True)  # checked; the model's device and dtype
     layer = default_layer(model) if layer is None else layer  # "" is refused, not the default
-    targets = class_targets(classes, x.shape[0])
+    targets = class_targets(classes, x.shape[0], output_classes(model))
     with explaining(model):
         device = image.device
         targets = on_device(targets, device)

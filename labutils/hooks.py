@@ -27,7 +27,9 @@ Two details make it safe on torchvision's VGG/AlexNet, whose ReLUs are ``inplace
 Every explanation call also goes through ``explaining(model)``: one call at a time per model (a
 lock), in eval mode (Dropout off, BatchNorm neither uses nor updates batch statistics), the modes
 put back afterwards. The hooks themselves act only on the forward pass of the thread that added
-them: a forward pass that another thread runs on the same model at the same time is left alone.
+them: a forward pass that another thread runs on the same model at the same time is not hooked. The
+modes, though, belong to the modules: while a model in train mode is explained, another thread's
+own forward passes on it run in eval mode too; share a model between threads in eval mode.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .errors import LayerError
+from .errors import LayerError, ModelError
 from .models import feature_layers, get_layer
 
 
@@ -96,12 +98,18 @@ def capture(
             activations.register_hook(save_gradient)
         return activations.clone()  # what flows on may be changed inplace; A^k may not
 
-    handle = module.register_forward_hook(save_activations)
+    def check_layer_ran(root: nn.Module, inputs: tuple, output: object) -> None:
+        if threading.get_ident() == owner and seen.activations is None:
+            raise LayerError(f"layer {layer!r} did not run in the model's forward pass; "
+                             f"choose one of: {', '.join(feature_layers(model))}")
+
+    handles = [module.register_forward_hook(save_activations), model.register_forward_hook(check_layer_ran)]
     grad_mode = torch.is_grad_enabled()
     try:
         yield seen
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         torch.set_grad_enabled(grad_mode)  # cut_graph switched autograd on: switch it back
         torch.set_autocast_enabled(device_type, autocast_was_on)
 
@@ -110,6 +118,9 @@ def capture(
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+# Held while a call runs a train-mode model in eval mode: the same modules may be reached through
+# another handle (a wrapper, DataParallel), whose lock is not the model's.
+_SWITCHING = threading.RLock()
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
@@ -128,22 +139,34 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
     that it cannot see this call's hooks or modes (PyTorch modules are not thread-safe to modify).
     """
     with model_lock(model):
+        _SWITCHING.acquire()  # a call that switched modes holds it: wait for it to put them back
         modes = [(m, m.training) for m in model.modules()]
         switched = any(training for _, training in modes)  # a model already in eval mode is left alone
         if switched:
             model.eval()
+        else:
+            _SWITCHING.release()
         try:
             yield model
         finally:
-            for m, training in modes if switched else ():
-                m.training = training
+            if switched:
+                for m, training in modes:
+                    m.training = training
+                _SWITCHING.release()
 
 
 def uncompiled(model: nn.Module) -> nn.Module:
     """The module that ``torch.compile(model)`` wraps (the same weights), or ``model`` itself.
 
     Hooks and per-call switches act on the eager module: the explanation runs it without compiling.
+    What hooks cannot explain is refused: not a module, or TorchScript (its compiled graph runs no
+    Python hooks: Guided Backpropagation's rule would silently not apply).
     """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}: use labutils.load_model")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError("TorchScript models (torch.jit.script / trace) run no Python hooks: explain the nn.Module "
+                         "you scripted or traced instead")
     dynamo = sys.modules.get("torch._dynamo")  # not imported: nothing can be compiled
     if dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule):
         return model._orig_mod

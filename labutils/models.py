@@ -90,13 +90,18 @@ def load_model(name: str, weights: str | os.PathLike | None = None, *, progress:
 
 
 def model_name(model: nn.Module) -> str:
-    """``"alexnet"`` or ``"vgg16"`` for a model from ``load_model`` (guessed from its class otherwise)."""
+    """``"alexnet"`` or ``"vgg16"`` for a model from ``load_model`` (guessed from its class and its
+    number of feature layers otherwise: torchvision's VGG-19 or VGG-16-BN is not VGG-16)."""
     name = getattr(model, "labutils_name", None)
-    if name is None:
-        name = {"AlexNet": "alexnet", "VGG": "vgg16"}.get(type(model).__name__)
-    if name is None:
-        raise ModelError(f"{type(model).__name__} is not one of the lab's models: use load_model('alexnet' or 'vgg16')")
-    return name
+    if name is not None:
+        return name
+    guess = {"AlexNet": ("alexnet", 13), "VGG": ("vgg16", 31)}.get(type(model).__name__)
+    features = getattr(model, "features", None)
+    if guess is None or not isinstance(features, nn.Sequential) or len(features) != guess[1]:
+        layers = f" with {len(features)} feature layers" if isinstance(features, nn.Sequential) else ""
+        raise ModelError(f"{type(model).__name__}{layers} is not one of the lab's models (AlexNet, VGG-16): use "
+                         "load_model('alexnet' or 'vgg16'), or name the layer to explain")
+    return guess[0]
 
 
 def is_untrained(model: nn.Module) -> bool:
@@ -195,6 +200,13 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
             pass
     valid = feature_layers(model)
     raise LayerError(f"model has no layer {name!r}; conv/ReLU layers with feature maps: {', '.join(valid)}")
+
+
+def output_classes(model: nn.Module) -> int | None:
+    """The number of classes ``model`` scores: its classifier's last Linear's outputs (None: no such Linear)."""
+    classifier = getattr(model, "classifier", None)
+    linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)] if isinstance(classifier, nn.Module) else []
+    return linears[-1].out_features if linears else None
 
 
 def predict(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[list[tuple[int, str, float]]]:

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from .errors import OverlayError
 from .gradcam import Explanation
 from .models import architecture, class_label, is_untrained, model_name, weights_label
 
@@ -31,19 +32,30 @@ def as_array(values: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
+def one_map(cam_map: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``cam_map`` as a (H, W) float32 array, or an OverlayError that says how to pick one map."""
+    values = as_array(cam_map)
+    if values.ndim != 2 or 0 in values.shape:
+        raise OverlayError(f"expected one (H, W) map, got shape {values.shape}: pick image n, class k with "
+                           "explanation.maps[n, k]")
+    return values
+
+
 def heatmap(cam_map: torch.Tensor | np.ndarray, colormap: str = "jet") -> np.ndarray:
     """Colour a (H, W) map in [0, 1] with a matplotlib colormap: (H, W, 3) floats in [0, 1]."""
-    values = as_array(cam_map)
+    values = one_map(cam_map)
+    if colormap not in colormaps:
+        raise OverlayError(f"unknown colormap {colormap!r}: use a matplotlib colormap name such as 'jet' or 'viridis'")
     return colormaps[colormap](np.clip(values, 0, 1))[..., :3].astype(np.float32)
 
 
 def overlay(image: Image.Image, cam_map: torch.Tensor | np.ndarray, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
     """Blend the coloured map over the image: (1 - alpha) * image + alpha * heatmap, at the image's size."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
-    resized = Image.fromarray(as_array(cam_map), mode="F").resize(image.size, Image.BILINEAR)
+        raise OverlayError(f"alpha must be between 0 and 1, got {alpha}")
+    resized = Image.fromarray(one_map(cam_map), mode="F").resize(image.size, Image.BILINEAR)
     base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
-    blended = (1 - alpha) * base + alpha * heatmap(np.asarray(resized))
+    blended = (1 - alpha) * base + alpha * heatmap(np.asarray(resized), colormap)
     return Image.fromarray(np.round(blended * 255).astype(np.uint8))
 
 

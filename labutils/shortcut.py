@@ -46,8 +46,10 @@ W1s is cached per model (on its first Linear). The cache follows the weights: it
 weight tensor itself, its autograd version counter (bumped by optimizer steps and
 ``load_state_dict``), its storage, device and dtype, so replaced parameters (``assign=True``,
 ``linear.weight = nn.Parameter(...)``) and in-place updates are seen. Changes that bypass the
-version counter, writing through ``weight.data`` or a numpy view of the weight, are not: after
-those, call ``clear_shortcut_cache()`` (or pass ``shortcut=False``). W2 and W3 are neither copied nor
+version counter are not: writing through ``weight.data`` or a numpy view of the weight, and
+assigning ``weight.data = ...`` (as ``torch.nn.utils.vector_to_parameters`` does; the new storage
+may reuse the old one's address). After those, call ``clear_shortcut_cache()`` (or pass
+``shortcut=False``). W2 and W3 are neither copied nor
 cached: each call reads the model's own weights, and a kept ``HeadRecord`` (the explorer's) refuses
 to serve once they have changed in place.
 """
@@ -115,6 +117,7 @@ def shortcut_route(model: nn.Module, layer: str) -> Route:
     def autograd(reason: str) -> Route:
         return Route(False, reason)
 
+    get_layer(model, layer)  # a LayerError if there is no such module
     if type(model).forward not in TORCHVISION_FORWARDS:
         return autograd(f"{type(model).__name__}.forward is not torchvision's VGG/AlexNet forward")
     features, avgpool, classifier = (getattr(model, n, None) for n in ("features", "avgpool", "classifier"))
@@ -194,7 +197,8 @@ def summed_weights(linear: nn.Linear, channels: int) -> torch.Tensor:
 
 
 def clear_shortcut_cache() -> None:
-    """Forget every cached W1s: needed only after weights changed behind autograd's back (``.data``, numpy)."""
+    """Forget every cached W1s: needed only after weights changed behind autograd's back (``.data``, numpy,
+    ``vector_to_parameters``)."""
     with _CACHE_LOCK:
         _CACHE.clear()
 

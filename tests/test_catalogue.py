@@ -10,13 +10,16 @@ Every image is generated here (PIL); every model is untrained (``weights="random
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_model_unchanged, safetensors_bytes
+import torchvision
+from conftest import assert_model_unchanged, assert_no_hooks, safetensors_bytes
 from PIL import Image
 from torch import nn
 
@@ -25,7 +28,7 @@ from labutils.cli import main
 from labutils.errors import ClassError, ImageError, ImageNotFoundError, LayerError, ModelError, WeightsError
 from labutils.gradcam import class_targets, model_input
 from labutils.images import from_pil, load_image, load_images
-from labutils.models import min_input_size, resolve_class
+from labutils.models import default_layer, min_input_size, resolve_class
 from labutils.weights import read_state_dict
 
 RANDOM = ["--model", "alexnet", "--weights", "random"]
@@ -124,7 +127,6 @@ def test_api_unusual_class_spellings_that_are_classes(name, index):
 def test_cardigan_is_the_only_name_two_classes_share_ignoring_case():
     """torchvision's category list, checked for every name: only Cardigan / cardigan collide ignoring case,
     and each of the 1000 names resolves to its own index."""
-    import torchvision
 
     names = torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta["categories"]
     folded: dict[str, list[int]] = {}
@@ -199,14 +201,57 @@ def test_api_minimum_sizes_come_from_the_layers(alexnet, vgg16):
     assert min_input_size(nn.Linear(3, 3)) is None  # not a layout it can follow: no size check
 
 
-@pytest.mark.parametrize("layer, fragment", [("", "no layer ''"), ("features.99", "no layer 'features.99'")])
-@pytest.mark.parametrize("method", ["gradcam", "guided-gradcam"])
+@pytest.mark.parametrize("layer, fragment", [
+    ("", "no layer ''"), ("features.99", "no layer 'features.99'"), (11, "no layer 11"),
+    ("features.\u00b2", "no layer 'features.\u00b2'"),  # a superscript two: str.isdigit() says it is a digit
+    ("unused", "layer 'unused' did not run in the model's forward pass"),
+])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam-autograd", "guided-gradcam"])
 def test_api_bad_layer(layer, fragment, method, alexnet, images, snapshots):
-    call = {"gradcam": gradcam, "guided-gradcam": guided_gradcam}[method]
-    with pytest.raises(LayerError) as info:
-        call(alexnet, images[:1], 243, layer)
+    call = {"gradcam": gradcam, "gradcam-autograd": functools.partial(gradcam, shortcut=False),
+            "guided-gradcam": guided_gradcam}[method]
+    alexnet.unused = nn.ReLU()  # a module the forward pass never calls
+    try:
+        with pytest.raises(LayerError) as info:
+            call(alexnet, images[:1], 243, layer)
+    finally:
+        del alexnet.unused
     assert fragment in str(info.value)
     assert_model_unchanged(alexnet, snapshots["alexnet"], outputs=False)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam-autograd", "guided-gradcam", "guided-backprop"])
+def test_api_a_class_beyond_a_fine_tuned_head_is_refused(method, alexnet, images):
+    call = {"gradcam": gradcam, "gradcam-autograd": functools.partial(gradcam, shortcut=False),
+            "guided-gradcam": guided_gradcam, "guided-backprop": guided_backprop}[method]
+    ten = copy.deepcopy(alexnet)
+    ten.classifier[6] = nn.Linear(4096, 10)
+    for classes in (500, [[3, 10]]):
+        with pytest.raises(ClassError, match=r"out of range for this model: it has 10 outputs \(0\.\.9\)"):
+            call(ten, images[:1], classes)
+    assert call(ten, images[:1], 9).classes.tolist() == [[9]]
+    assert_no_hooks(ten)
+
+
+def test_api_what_hooks_cannot_explain_is_refused(alexnet, images):
+    """Not a module, or TorchScript: a traced model runs no Python hooks, so Guided Backpropagation's
+    rule would silently not apply (it returned the plain gradient)."""
+    traced = torch.jit.trace(copy.deepcopy(alexnet), images[:1], check_trace=False)
+    for call in (gradcam, guided_gradcam, guided_backprop):
+        with pytest.raises(ModelError, match="TorchScript models"):
+            call(traced, images[:1], 3)
+        with pytest.raises(ModelError, match="expected a torch.nn.Module, got str"):
+            call("alexnet", images[:1], 3)
+
+
+def test_other_vggs_are_not_taken_for_vgg16():
+    """torchvision's VGG class also builds VGG-11/13/19 and the BN variants: their last ReLU is elsewhere."""
+    with torch.device("meta"):  # no memory, no values: only the layout counts
+        assert default_layer(torchvision.models.vgg16()) == "features.29"
+        assert default_layer(torchvision.models.alexnet()) == "features.11"
+        for name, layers in (("vgg19", 37), ("vgg16_bn", 44), ("vgg13", 25)):
+            with pytest.raises(ModelError, match=f"VGG with {layers} feature layers is not one of the lab's models"):
+                default_layer(getattr(torchvision.models, name)())
 
 
 def test_api_model_on_the_meta_device_is_refused(images):
@@ -479,3 +524,20 @@ def test_api_unreadable_image_is_a_permission_error(bad, monkeypatch):
     monkeypatch.setattr(Image, "open", refuse)
     with pytest.raises(ImageError, match="ok.png cannot be read: permission denied"):
         load_image(bad / "ok.png")
+
+
+def test_api_overlay_uses_its_colormap_and_refuses_what_it_cannot_draw():
+    from labutils.errors import OverlayError
+    from labutils.overlay import overlay
+
+    picture = Image.new("RGB", (8, 6), (10, 20, 30))
+    cam = torch.linspace(0, 1, 48).reshape(6, 8)
+    jet, gray = np.asarray(overlay(picture, cam, 1.0)), np.asarray(overlay(picture, cam, 1.0, colormap="gray"))
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])  # grey levels
+    assert not np.array_equal(jet, gray)
+    for kwargs, fragment in (({"colormap": "no-such-map"}, "unknown colormap 'no-such-map'"),
+                             ({"alpha": 2}, "alpha must be between 0 and 1, got 2")):
+        with pytest.raises(OverlayError, match=fragment):
+            overlay(picture, cam, **kwargs)
+    with pytest.raises(OverlayError, match=r"expected one \(H, W\) map, got shape \(1, 6, 8\): pick image n"):
+        overlay(picture, cam[None])

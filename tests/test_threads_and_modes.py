@@ -165,6 +165,44 @@ def test_an_unsupported_dtype_is_one_clear_error(alexnet, images):
     assert not torch.is_autocast_enabled("cpu")
 
 
+def test_a_train_mode_model_explained_through_two_handles_at_once(alexnet, images):
+    """A model and a wrapper around it have different locks: while one call runs the shared modules
+    in eval mode, the other must not restore train mode under it (Dropout on mid-forward gave maps
+    off by 0.55-0.72, and the model was left in eval mode)."""
+
+    class Wrapper(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    model = copy.deepcopy(alexnet)
+    wrapper = Wrapper(model)
+    expected = gradcam(alexnet, images[:1], 9).maps
+    model.train()
+    wrong, errors = [], []
+
+    def worker(call) -> None:
+        try:
+            for _ in range(6):
+                if not torch.allclose(call().maps, expected, atol=1e-5):
+                    wrong.append(call)
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    calls = [lambda: gradcam(model, images[:1], 9), lambda: gradcam(wrapper, images[:1], 9, "net.features.11")]
+    threads = [threading.Thread(target=worker, args=(call,)) for call in calls]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=600)
+    assert not errors, errors
+    assert not wrong, f"{len(wrong)} of 12 calls gave other maps"
+    assert all(m.training for m in model.modules()), "train mode was not put back"
+
+
 # ---------------------------------------------------------------- anomaly detection
 
 
