@@ -288,7 +288,8 @@ def lower_precision(device: torch.device, dtype: torch.dtype | None) -> ContextM
     if dtype in (None, torch.float32):
         return nullcontext()
     if dtype not in (torch.bfloat16, torch.float16):
-        raise LabError(f"dtype {dtype} is not supported: use torch.bfloat16, torch.float16 or None (float32)")
+        given = f"the string {dtype!r}" if isinstance(dtype, str) else f"{dtype}"
+        raise LabError(f"dtype {given} is not supported: use torch.bfloat16, torch.float16 or None (float32)")
     return torch.autocast(device.type, dtype=dtype)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -541,3 +542,18 @@ def test_api_overlay_uses_its_colormap_and_refuses_what_it_cannot_draw():
             overlay(picture, cam, **kwargs)
     with pytest.raises(OverlayError, match=r"expected one \(H, W\) map, got shape \(1, 6, 8\): pick image n"):
         overlay(picture, cam[None])
+
+
+def test_api_predict_runs_in_eval_mode_and_checks_its_arguments(alexnet, images):
+    from labutils import predict
+
+    expected = predict(alexnet, images[:1], 3)
+    model = copy.deepcopy(alexnet).train()  # Dropout on: the top-3 changed from call to call
+    assert [predict(model, images[:1], 3) for _ in range(3)] == [expected] * 3
+    assert all(m.training for m in model.modules())
+    for args, error, fragment in (((images[0],), ImageError, "got (3, 224, 224)"),
+                                  ((images.numpy(),), ImageError, "got ndarray"),
+                                  ((images, 1001), ClassError, "k must be a whole number of classes from 1 to 1000"),
+                                  ((images, 2.0), ClassError, "got 2.0")):
+        with pytest.raises(error, match=re.escape(fragment)):
+            predict(alexnet, *args)

@@ -161,6 +161,8 @@ def test_an_unsupported_dtype_is_one_clear_error(alexnet, images):
 
     with pytest.raises(LabError, match="torch.bfloat16"):
         gradcam(alexnet, images[:1], 9, dtype=torch.int8)
+    with pytest.raises(LabError, match="dtype the string 'bfloat16' is not supported: use torch.bfloat16"):
+        gradcam(alexnet, images[:1], 9, dtype="bfloat16")
     assert_no_hooks(alexnet)
     assert not torch.is_autocast_enabled("cpu")
 
