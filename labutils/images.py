@@ -54,6 +54,7 @@ IMAGENET_MEAN: tuple[float, float, float] = tuple(_IMAGENET_TRANSFORMS.mean)
 IMAGENET_STD: tuple[float, float, float] = tuple(_IMAGENET_TRANSFORMS.std)
 
 INPUT_SIZE = 224  # the side of the square input of AlexNet and VGG-16
+MAX_SIDE = 2048  # the largest model input: VGG-16's first feature maps then take 1 GiB each
 ORIGINAL_MAX_SIDE = 1024  # LabImage.original is reduced to this many pixels on its longest side
 MIN_SIDE = 8  # smaller images carry no usable detail
 MAX_PIXELS = 20000 * 20000  # larger images are refused (a decompression bomb or a mistake)
@@ -91,6 +92,8 @@ def load_image(path: str | os.PathLike, size: int = INPUT_SIZE) -> LabImage:
         hint = ": for a picture in memory use from_pil(picture)" if isinstance(path, Image.Image) else ""
         raise ImageError(f"load_image expects the path of an image file (str or Path), got {type(path).__name__}{hint}")
     _check_size_argument(size)
+    if not os.fspath(path):
+        raise ImageError("the image path is empty: give the path of an image file")
     path = Path(path).expanduser()
     _check_file(path)
     with _pixel_limit(), _open(path) as img:
@@ -179,8 +182,8 @@ def stack(images: Sequence[LabImage]) -> torch.Tensor:
 
 def _check_size_argument(size: object) -> None:
     """Refuse an input size that is not a whole number of pixels of at least MIN_SIDE."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIDE:
-        raise ImageError(f"size must be a whole number of pixels, at least {MIN_SIDE}, got {size!r}; "
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIDE <= size <= MAX_SIDE:
+        raise ImageError(f"size must be a whole number of pixels from {MIN_SIDE} to {MAX_SIDE}, got {size!r}; "
                          f"the models were trained on {INPUT_SIZE}x{INPUT_SIZE} (the default)")
 
 
@@ -190,6 +193,8 @@ def _check_file(path: Path) -> None:
         info = path.stat()
     except OSError as exc:
         raise _unusable_path(path, exc) from None
+    except ValueError:  # an embedded NUL character
+        raise ImageError(f"{str(path)!r} is not a valid file path (it holds a NUL character)") from None
     if stat.S_ISDIR(info.st_mode):
         raise ImageError(f"{path} is a folder, not an image file; give the path of an image inside it")
     if not stat.S_ISREG(info.st_mode):

@@ -65,6 +65,9 @@ def load_model(name: str, weights: str | os.PathLike | None = None, *, progress:
     """
     arch = architecture(name)
     choice = weights if weights is not None else os.environ.get("LABUTILS_WEIGHTS", "imagenet")
+    if not isinstance(choice, (str, os.PathLike)):
+        raise WeightsError(f"weights must be 'imagenet', 'random' or the path of a state_dict file, got "
+                           f"{type(choice).__name__} {choice!r}")
     choice = os.fspath(choice)
     if choice == "random":
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state

@@ -313,7 +313,10 @@ def long_path(bad: Path) -> Path:
 FILE_ROWS = [  # (make the call from the folder of bad files, error, fragment)
     (lambda b: load_image(None), ImageError, "expects the path of an image file (str or Path), got NoneType"),
     (lambda b: load_image(Image.new("RGB", (9, 9))), ImageError, "use from_pil(picture)"),
-    (lambda b: load_image(b / "ok.png", size=0), ImageError, "a whole number of pixels, at least 8, got 0"),
+    (lambda b: load_image(b / "ok.png", size=0), ImageError, "a whole number of pixels from 8 to 2048, got 0"),
+    (lambda b: load_image(b / "ok.png", size=10**6), ImageError, "got 1000000"),  # was killed for memory (23 GB)
+    (lambda b: load_image(""), ImageError, "the image path is empty"),  # was ". is a folder"
+    (lambda b: load_image(str(b / "a\0b.jpg")), ImageError, "is not a valid file path (it holds a NUL character)"),
     (lambda b: load_image(b / "ok.png", size=-5), ImageError, "got -5"),
     (lambda b: load_image(b / "ok.png", size=2.5), ImageError, "got 2.5"),
     (lambda b: load_image(b / "ok.png", size=True), ImageError, "got True"),
@@ -390,6 +393,8 @@ def test_api_bad_model_names():
         load_model("resnet50", "random")
     with pytest.raises(WeightsError, match="weights '': no such file"):
         load_model("alexnet", "")
+    with pytest.raises(WeightsError, match="got int 5"):  # was a TypeError from os.fspath
+        load_model("alexnet", 5)
 
 
 # ---------------------------------------------------------------- the command line
