@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import LayerError
+from .errors import LabError, LayerError
 from .gradcam import (
     ClassSpec, Explanation, alpha_weights, class_gradients, class_targets, explanation_from_alpha, model_input,
     targets_for,
 )
 from .hooks import explaining, uncompiled
-from .models import feature_layers, get_layer, model_name, output_classes
+from .models import feature_layers, get_layer, model_name
 from .shortcut import HeadRecord, head_record, recording, shortcut_route
 
 INPUT_SIZE = (224, 224)  # the input size of the lab's models, the size the maps are upsampled to
@@ -94,6 +94,20 @@ class HeadPass:
         return "autograd" if self.record is None else "shortcut"
 
 
+def feature_maps(model: nn.Module, activations: torch.Tensor) -> torch.Tensor:
+    """``activations`` checked (a float (N, C, h, w) tensor) and detached, in the model's dtype; an
+    inference-mode tensor is copied (autograd cannot record from it)."""
+    if not isinstance(activations, torch.Tensor) or activations.dim() != 4 or not activations.is_floating_point():
+        shape = tuple(activations.shape) if isinstance(activations, torch.Tensor) else type(activations).__name__
+        raise LabError(f"expected the feature maps A^k as a float tensor (N, C, h, w), got {shape}: "
+                       "make them with features_at(model, layer, x)")
+    weight = next(model.parameters(), None)
+    a = activations.detach()
+    a = a.to(weight.dtype) if weight is not None and weight.is_floating_point() else a
+    return a.clone() if a.is_inference() else a
+
+
+@torch.inference_mode(False)  # the autograd path records a graph, also when called under torch.inference_mode()
 def head_pass(
     model: nn.Module, layer: str, activations: torch.Tensor, *, shortcut: bool = True, fold: bool = False
 ) -> HeadPass:
@@ -103,7 +117,7 @@ def head_pass(
     ``activations`` is not changed.
     """
     model = uncompiled(model)
-    a = activations.detach()
+    a = feature_maps(model, activations)
     with explaining(model):
         route = shortcut_route(model, layer) if shortcut else None
         if route is not None and route.shortcut:
@@ -123,9 +137,16 @@ def weights_from_pass(run: HeadPass, targets: torch.Tensor, *, retain_graph: boo
     """Equation (1) for the classes (N, K) from a head pass: alpha_k^c (N, K, C), by autograd or the shortcut."""
     if run.record is not None:
         return run.record.alpha(targets)
-    return alpha_weights(class_gradients(run.scores, run.start, targets, retain_graph=retain_graph))
+    try:
+        return alpha_weights(class_gradients(run.scores, run.start, targets, retain_graph=retain_graph))
+    except RuntimeError as exc:  # autograd's own check of the tensors it saved, the weights among them
+        if "modified by an inplace operation" not in str(exc):
+            raise
+        raise LabError("the model's weights changed since this head pass (an optimizer step, load_state_dict...): "
+                       "run head_pass again") from None
 
 
+@torch.inference_mode(False)
 def gradcam_from_features(
     model: nn.Module,
     layer: str,
@@ -141,9 +162,8 @@ def gradcam_from_features(
     size the maps are upsampled to. Neither the model (no hooks, no ``.grad``) nor ``activations``
     are changed.
     """
-    targets = class_targets(classes, activations.shape[0], output_classes(model))
-    run = head_pass(model, layer, activations)
-    targets = targets_for(run.scores, targets)
+    run = head_pass(model, layer, activations)  # checks A^k
+    targets = targets_for(run.scores, class_targets(classes, run.scores.shape[0], run.scores.shape[1]))
     alpha = weights_from_pass(run, targets, retain_graph=False)
     return explanation_from_alpha(layer, targets, run.scores, run.activations, alpha, tuple(size), counterfactual,
                                   run.path)
@@ -152,6 +172,7 @@ def gradcam_from_features(
 # ---------------------------------------------------------------- for interactive tools: keep the head pass
 
 
+@torch.inference_mode(False)
 def class_weights(run: HeadPass, classes: ClassSpec = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Equation (1) from a kept head pass: ``(classes (N, K), alpha_k^c (N, K, C))``.
 
@@ -171,5 +192,11 @@ def explanation_from_weights(
     size: tuple[int, int] = INPUT_SIZE,
 ) -> Explanation:
     """Equation (2) and section 5.5 for known weights alpha_k^c (N, K, C) of ``classes`` (N, K): no network runs."""
+    n, c = run.activations.shape[:2]
+    if not (isinstance(classes, torch.Tensor) and isinstance(alpha, torch.Tensor) and classes.dim() == 2
+            and classes.shape[0] == n and alpha.shape == (n, classes.shape[1], c)):
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (classes, alpha)]
+        raise LabError(f"classes {shapes[0]} and alpha {shapes[1]} do not fit this head pass of {n} images with {c} "
+                       f"feature maps: expected (N, K) = ({n}, K) and ({n}, K, {c}), as class_weights(run) returns")
     return explanation_from_alpha(run.layer, classes, run.scores, run.activations, alpha, tuple(size), counterfactual,
                                   run.path)

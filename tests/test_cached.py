@@ -6,6 +6,8 @@ pytorch-grad-cam in test_gradcam.py): the head-only path must give the same Expl
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import assert_model_unchanged, assert_no_grads, assert_no_hooks, smooth_images
@@ -15,7 +17,7 @@ from labutils import gradcam
 from labutils.cached import (
     below, class_weights, explanation_from_weights, features_at, gradcam_from_features, head, head_pass,
 )
-from labutils.errors import LayerError, ModelError
+from labutils.errors import LabError, LayerError, ModelError
 
 MIXED = [9, 22]  # classes whose maps have mixed signs on the test images (see test_gradcam.py)
 
@@ -118,3 +120,38 @@ def test_layers_that_are_not_conv_or_relu_of_features_are_refused(vgg16, images)
             features_at(vgg16, bad, images[:1])
     with pytest.raises(ModelError):
         head(nn.Sequential(nn.Conv2d(3, 3, 1)), "0")
+
+
+def test_a_kept_autograd_head_pass_refuses_weights_changed_since(alexnet, images):
+    """features.10 (a conv) runs autograd: an optimizer step after head_pass made autograd's own
+    inplace check fail with a RuntimeError; now one LabError saying what to do."""
+    import copy
+
+    model = copy.deepcopy(alexnet)
+    run = head_pass(model, "features.10", features_at(model, "features.10", images))
+    assert run.path == "autograd"
+    with torch.no_grad():
+        model.classifier[6].weight.mul_(2)  # what an optimizer step does: an in-place update
+    with pytest.raises(LabError, match="weights changed since this head pass .*: run head_pass again"):
+        class_weights(run, 3)
+
+
+def test_the_cached_api_takes_inference_tensors_and_checks_its_inputs(alexnet, images, snapshots):
+    expected = gradcam(alexnet, images, MIXED, "features.10")
+    with torch.inference_mode():
+        kept = features_at(alexnet, "features.10", images)  # an inference tensor
+        under = gradcam_from_features(alexnet, "features.10", kept, MIXED)  # called under inference mode too
+    assert_same_explanation(gradcam_from_features(alexnet, "features.10", kept, MIXED), expected)
+    assert_same_explanation(under, expected)
+    assert_same_explanation(gradcam_from_features(alexnet, "features.10", kept.double(), MIXED), expected)
+    for bad, fragment in ((kept.numpy(), "got ndarray"), (kept[0], "got (256, 13, 13)")):
+        with pytest.raises(LabError, match=re.escape(f"expected the feature maps A^k as a float tensor (N, C, h, w), "
+                                                     f"{fragment}")):
+            gradcam_from_features(alexnet, "features.10", bad, MIXED)
+    run = head_pass(alexnet, "features.11", features_at(alexnet, "features.11", images))
+    classes, alpha = class_weights(run, MIXED)
+    for bad_classes, bad_alpha in ((classes[:1], alpha[:1]), (classes, alpha[..., :10]), (classes.tolist(), alpha)):
+        with pytest.raises(LabError, match="do not fit this head pass of 2 images with 256 feature maps"):
+            explanation_from_weights(run, bad_classes, bad_alpha)
+    assert_no_hooks(alexnet)
+    assert_model_unchanged(alexnet, snapshots["alexnet"], outputs=False)
