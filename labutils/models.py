@@ -259,7 +259,9 @@ def min_input_size(model: nn.Module) -> int | None:
 
 def input_fits(model: nn.Module, height: int, width: int) -> bool | None:
     """Does a height x width input keep every feature map of the model at least 1x1? None: a layout we cannot follow."""
-    layers = getattr(model, "features", model)
+    layers = getattr(model, "features", None)
+    if layers is None:  # a wrapper (DataParallel, nn.Sequential(model, nn.Softmax(1))...): its model's features
+        layers = next((m for name, m in model.named_modules() if name.rpartition(".")[2] == "features"), model)
     if not isinstance(layers, nn.Sequential):
         return None
     sizes = [height, width]

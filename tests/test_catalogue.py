@@ -255,6 +255,15 @@ def test_other_vggs_are_not_taken_for_vgg16():
                 default_layer(getattr(torchvision.models, name)())
 
 
+def test_api_a_wrapped_model_keeps_the_minimum_size_check(alexnet, images):
+    """Wrappers have no ``features`` of their own: the size check found none and torch's pooling error came instead."""
+    small = images[:1, :, :40, :40]
+    for wrapped, layer in ((nn.Sequential(alexnet, nn.Softmax(1)), "0.features.11"),
+                           (nn.DataParallel(alexnet), "module.features.11")):
+        with pytest.raises(ImageError, match="the images are 40x40 pixels, smaller than the 63x63 this model needs"):
+            gradcam(wrapped, small, 3, layer)
+
+
 def test_api_model_on_the_meta_device_is_refused(images):
     with torch.device("meta"):
         model = TinyNet()
