@@ -59,8 +59,19 @@ def overlay(image: Image.Image, cam_map: torch.Tensor | np.ndarray, alpha: float
     return Image.fromarray(np.round(blended * 255).astype(np.uint8))
 
 
+def check_indices(explanation: Explanation, n: int, k: int | None = None) -> None:
+    """Refuse an image index n or class index k (0-based, not negative) that the explanation does not hold."""
+    images, classes = explanation.classes.shape
+    for name, plural, value, count in (("image", "images", n, images), ("class", "classes", k, classes)):
+        if value is not None and (isinstance(value, bool) or not hasattr(value, "__index__")
+                                  or not 0 <= value.__index__() < count):  # ints, numpy and 0-d torch integers
+            raise OverlayError(f"{name} index {value!r} is not one of 0..{count - 1}: this explanation has {count} "
+                               f"{name if count == 1 else plural}")
+
+
 def explanation_image(image: Image.Image, explanation: Explanation, n: int, k: int, alpha: float = 0.5) -> Image.Image:
     """The picture of image n, class k: a jet overlay for Grad-CAM maps, the gradient image for guided methods."""
+    check_indices(explanation, n, k)
     shown = explanation.maps[n, k]
     if shown.dim() == 3:  # guided: (3, H, W) in [0, 1]
         array = np.round(as_array(shown.permute(1, 2, 0)) * 255).astype(np.uint8)
@@ -99,6 +110,7 @@ def figure(
     model: nn.Module, image: Image.Image, explanation: Explanation, n: int = 0, alpha: float = 0.5
 ) -> Figure:
     """A matplotlib figure: the image, then one labelled panel per class of image n."""
+    check_indices(explanation, n)
     k_count = explanation.classes.shape[1]
     fig = Figure(figsize=(4 * (k_count + 1), 4.6), layout="constrained")
     axes = fig.subplots(1, k_count + 1, squeeze=False)[0]

@@ -571,3 +571,18 @@ def test_api_predict_runs_in_eval_mode_and_checks_its_arguments(alexnet, images)
                                   ((images, 2.0), ClassError, "got 2.0")):
         with pytest.raises(error, match=re.escape(fragment)):
             predict(alexnet, *args)
+
+
+def test_api_figure_and_explanation_image_name_an_index_out_of_range(alexnet, images):
+    from labutils.errors import OverlayError
+    from labutils.overlay import explanation_image, figure
+
+    e = gradcam(alexnet, images[:1], [[3, 4]])
+    picture = Image.new("RGB", (32, 32))
+    with pytest.raises(OverlayError, match=r"image index 1 is not one of 0\.\.0: this explanation has 1 image$"):
+        figure(alexnet, picture, e, n=1)
+    with pytest.raises(OverlayError, match=r"image index -1 is not one of 0\.\.0"):  # ran, showing the last image
+        figure(alexnet, picture, e, n=-1)
+    with pytest.raises(OverlayError, match=r"class index 5 is not one of 0\.\.1: this explanation has 2 classes$"):
+        explanation_image(picture, e, 0, 5)
+    assert explanation_image(picture, e, 0, 1).size == (32, 32)
