@@ -11,7 +11,8 @@
 Bad input gives one line on stderr and a non-zero exit status, never a traceback. ``explain`` reads
 the images a batch at a time; an image that cannot be used does not stop the others, the failures are
 listed at the end. Exit status: 0 when every image was explained, 1 when some were and others failed,
-2 when nothing was done (bad input, weights, class or layer, or no image usable).
+2 when nothing was done (bad input, weights, class or layer, or no image usable) or a result could not
+be written (a full disk: the run stops, the files written before are complete).
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ def check_output_names(paths: Sequence[Path]) -> None:
 
 def save_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -108,14 +112,23 @@ def save_atomically(path: Path, write: Callable[[Path], None]) -> None:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a result file is an ordinary file
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a folder in the way...: name the result, not the temporary file
+            raise cannot_write(path, exc) from None
         raise
+
+
+def cannot_write(path: Path, exc: OSError) -> LabError:
+    """The one-line error for a result that could not be written (the run stops: exit status 2)."""
+    return LabError(f"cannot write {path}: {exc.strerror or exc}; the run stopped there, the results written "
+                    "before it are complete")
 
 
 def write_outputs(args: argparse.Namespace, model: torch.nn.Module, image: LabImage, exp: Explanation, n: int) -> None:
     """One labelled overlay PNG per class (and with --npz one .npz) for image n of the batch."""
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # made with the first result: a run that fails before leaves none
     for k, c in enumerate(exp.classes[n].tolist()):
         name = f"{Path(image.name).stem}_{args.model}_{exp.layer or 'input'}_{c}_{exp.method}.png"
         picture = labelled(explanation_image(image.original, exp, n, k), title(model, exp, k, n), untrained_banner(model))
@@ -128,12 +141,11 @@ def write_outputs(args: argparse.Namespace, model: torch.nn.Module, image: LabIm
 
 
 def prepare_model(args: argparse.Namespace) -> torch.nn.Module:
-    """The model with its weights and layer checked, on the GPU when there is one; the output folder made."""
+    """The model with its weights and layer checked, on the GPU when there is one."""
     model = load_model(args.model, args.weights, progress=True)
     if args.layer is not None:
         get_layer(model, args.layer)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     banner = untrained_banner(model)
     if banner:
         tqdm.write(banner)

@@ -283,6 +283,10 @@ def test_bad_class_or_layer_is_one_line_and_writes_nothing(option, words, files,
     if option[0] == "--layer":
         assert "classifier" not in message.split(";")[-1]  # only conv/ReLU layers are offered
     assert_untouched(out)
+    new = out.parent / "new" / "folder"  # an --out still to be made is not made by a run that writes nothing
+    status, stdout, stderr = run(capsys, "explain", files / "ok.png", *RANDOM, *option, "--out", new)
+    assert_one_line_error(status, stdout, stderr, *words)
+    assert not (out.parent / "new").exists()
 
 
 # ---------------------------------------------------------------- bad weights
@@ -365,7 +369,9 @@ def test_disk_full_while_writing_leaves_no_half_png_nor_temp_file(files, out, ca
     monkeypatch.setattr(Image.Image, "save", save_then_fail)
     argv = ["explain", files / "ok.png", *RANDOM, "--class", "1", "--class", "2", "--out", out]
     status, stdout, stderr = run(capsys, *argv)
-    message = assert_one_line_error(status, stdout, stderr, os.strerror(errno.ENOSPC))
+    message = assert_one_line_error(status, stdout, stderr, os.strerror(errno.ENOSPC),
+                                    f"cannot write {out / 'ok_alexnet_features.11_2_gradcam.png'}: ",
+                                    "the results written before it are complete")
     assert not message.endswith("()")  # no empty file name in parentheses
     assert all(c.parent == out and c.name.startswith(".") for c in calls)  # written through temporary files
     assert sorted(os.listdir(out)) == ["earlier.png", "ok_alexnet_features.11_1_gradcam.png"]
