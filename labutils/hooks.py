@@ -38,7 +38,7 @@ import sys
 import threading
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -50,11 +50,20 @@ from .models import feature_layers, get_layer
 
 @dataclass
 class Capture:
-    """What the hooks saw at one layer."""
+    """What the hooks saw at one layer of ``model``."""
 
     layer: str
-    activations: torch.Tensor | None = None  # A^k, (N, K, h, w)
+    model: nn.Module = field(repr=False)
+    saved: torch.Tensor | None = None  # A^k, once the layer has run
     gradients: torch.Tensor | None = None  # dy^c / dA^k, (N, K, h, w)
+
+    @property
+    def activations(self) -> torch.Tensor:
+        """A^k, (N, K, h, w); a LayerError if the layer has not run (it is not in the model's forward pass)."""
+        if self.saved is None:
+            raise LayerError(f"layer {self.layer!r} did not run in the model's forward pass; "
+                             f"choose one of: {', '.join(feature_layers(self.model))}")
+        return self.saved
 
 
 @contextmanager
@@ -70,7 +79,7 @@ def capture(
     (the Grad-CAM shortcut captures the output of the classifier's first Linear).
     """
     module = get_layer(model, layer)
-    seen = Capture(layer)
+    seen = Capture(layer, model)
     owner = threading.get_ident()  # the hooks act on this thread's forward passes only
     device_type = next(model.parameters(), torch.empty(0)).device.type  # where autocast may be on
     autocast_was_on = torch.is_autocast_enabled(device_type)
@@ -93,23 +102,17 @@ def capture(
         activations = output.detach().requires_grad_(True) if cut_graph else output
         if cut_graph:
             torch.set_grad_enabled(True)  # record the graph from here up; the caller's no_grad() restores it
-        seen.activations = activations
+        seen.saved = activations
         if activations.requires_grad and save_gradients:
             activations.register_hook(save_gradient)
         return activations.clone()  # what flows on may be changed inplace; A^k may not
 
-    def check_layer_ran(root: nn.Module, inputs: tuple, output: object) -> None:
-        if threading.get_ident() == owner and seen.activations is None:
-            raise LayerError(f"layer {layer!r} did not run in the model's forward pass; "
-                             f"choose one of: {', '.join(feature_layers(model))}")
-
-    handles = [module.register_forward_hook(save_activations), model.register_forward_hook(check_layer_ran)]
+    handle = module.register_forward_hook(save_activations)
     grad_mode = torch.is_grad_enabled()
     try:
         yield seen
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
         torch.set_grad_enabled(grad_mode)  # cut_graph switched autograd on: switch it back
         torch.set_autocast_enabled(device_type, autocast_was_on)
 

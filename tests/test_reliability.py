@@ -175,7 +175,8 @@ def test_soak_500_calls_some_failing_midway_leak_no_hooks_and_no_memory():
 
     def call(i: int) -> None:
         armed[0] = i % 7 == 3  # the test's hook raises midway through the forward pass
-        # 500: a valid ImageNet index, but the tiny head has 10 outputs: fails midway, in gather
+        # 500: a valid ImageNet index, but the tiny head has 10 outputs: refused before the forward pass
+        # (it failed midway, in gather, before labutils knew the head's size; the test's hook still fails midway)
         classes = 500 if i % 5 == 1 else "tiger kat" if i % 11 == 2 else [1, 3]
         try:
             if i % 4 == 0:
@@ -214,7 +215,7 @@ def test_soak_500_calls_some_failing_midway_leak_no_hooks_and_no_memory():
         f"({after - before:+.1f} MB); hooks after the loop: {hook_count(net)}; live Capture objects: {live_captures() - captures_before:+d}"
     )
     assert sum(outcomes.values()) == calls and outcomes["ok"] >= calls // 2
-    assert outcomes["Boom"] >= 50 and outcomes["RuntimeError"] >= 50 and outcomes["ClassError"] >= 30
+    assert outcomes["Boom"] >= 50 and outcomes["ClassError"] >= 100 and "RuntimeError" not in outcomes
     assert hook_count(net) == 0
     assert live_captures() <= captures_before, "the loop left Capture objects alive"
     assert_no_grads(net)
