@@ -206,7 +206,14 @@ def on_device(targets: torch.Tensor | None, device: torch.device) -> torch.Tenso
 
 
 def targets_for(scores: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-    """The classes (N, K) to explain, on the scores' device: the given ones, or each image's top-1."""
+    """The classes (N, K) to explain, on the scores' device: the given ones, or each image's top-1.
+
+    Refuses a model whose output is not class scores (N, classes): a tuple, a dict, a squeezed batch."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or (targets is not None and
+                                                                     scores.shape[0] != targets.shape[0]):
+        got = f"shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ModelError(f"the model's forward returned {got}, not class scores (N images, classes): explain a model "
+                         "that returns one (N, classes) tensor (wrap it and pick the scores)")
     return top_classes(scores) if targets is None else targets.to(scores.device)
 
 

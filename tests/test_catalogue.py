@@ -586,3 +586,27 @@ def test_api_figure_and_explanation_image_name_an_index_out_of_range(alexnet, im
     with pytest.raises(OverlayError, match=r"class index 5 is not one of 0\.\.1: this explanation has 2 classes$"):
         explanation_image(picture, e, 0, 5)
     assert explanation_image(picture, e, 0, 1).size == (32, 32)
+
+
+@pytest.mark.parametrize("output, got", [("tuple", "tuple"), ("dict", "dict"), ("squeezed", "shape (1000,)"),
+                                         ("spatial", "shape (1, 1000, 2, 2)")])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam-autograd", "guided-backprop"])
+def test_api_a_model_that_does_not_return_class_scores_is_refused(output, got, method, alexnet, images):
+    class Wrapped(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor):
+            y = self.net(x)
+            return {"tuple": (y, y), "dict": {"logits": y}, "squeezed": y.squeeze(0),
+                    "spatial": y[:, :, None, None].expand(-1, -1, 2, 2)}[output]
+
+    call = {"gradcam": functools.partial(gradcam, layer="net.features.11"),
+            "gradcam-autograd": functools.partial(gradcam, layer="net.features.11", shortcut=False),
+            "guided-backprop": guided_backprop}[method]
+    wrapped = Wrapped(alexnet)
+    for classes in (3, None):
+        with pytest.raises(ModelError, match=re.escape(f"the model's forward returned {got}, not class scores")):
+            call(wrapped, images[:1], classes)
+    assert_no_hooks(alexnet)
