@@ -25,6 +25,14 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- threads
 
 
+def run_all(threads: list[threading.Thread]) -> None:
+    """Start the threads together, wait for all of them."""
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=600)
+
+
 def test_threads_sharing_one_model_always_get_the_right_maps(alexnet):
     """3 threads x 8 calls of gradcam / guided_backprop / guided_gradcam on one AlexNet, each with its
     own image and class, plus a thread running plain forward passes: every result equals the reference."""
@@ -58,10 +66,7 @@ def test_threads_sharing_one_model_always_get_the_right_maps(alexnet):
                 forwards.append(torch.equal(alexnet(images), plain))
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(3)] + [threading.Thread(target=forward_worker)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=600)
+    run_all(threads)
     assert not errors, errors
     assert not wrong, f"wrong maps: {wrong}"
     assert forwards and all(forwards), "a plain forward pass in another thread was changed by the explanations' hooks"
@@ -196,10 +201,7 @@ def test_a_train_mode_model_explained_through_two_handles_at_once(alexnet, image
 
     calls = [lambda: gradcam(model, images[:1], 9), lambda: gradcam(wrapper, images[:1], 9, "net.features.11")]
     threads = [threading.Thread(target=worker, args=(call,)) for call in calls]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=600)
+    run_all(threads)
     assert not errors, errors
     assert not wrong, f"{len(wrong)} of 12 calls gave other maps"
     assert all(m.training for m in model.modules()), "train mode was not put back"
