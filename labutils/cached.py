@@ -94,6 +94,14 @@ class HeadPass:
         return "autograd" if self.record is None else "shortcut"
 
 
+def map_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` as the (height, width) the maps are upsampled to, or one LabError."""
+    if not (isinstance(size, (tuple, list)) and len(size) == 2 and
+            all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+        raise LabError(f"size must be the input's (height, width) in pixels, such as (224, 224), got {size!r}")
+    return tuple(size)
+
+
 def feature_maps(model: nn.Module, activations: torch.Tensor) -> torch.Tensor:
     """``activations`` checked (a float (N, C, h, w) tensor) and detached, in the model's dtype; an
     inference-mode tensor is copied (autograd cannot record from it)."""
@@ -165,7 +173,7 @@ def gradcam_from_features(
     run = head_pass(model, layer, activations)  # checks A^k
     targets = targets_for(run.scores, class_targets(classes, run.scores.shape[0], run.scores.shape[1]))
     alpha = weights_from_pass(run, targets, retain_graph=False)
-    return explanation_from_alpha(layer, targets, run.scores, run.activations, alpha, tuple(size), counterfactual,
+    return explanation_from_alpha(layer, targets, run.scores, run.activations, alpha, map_size(size), counterfactual,
                                   run.path)
 
 
@@ -198,5 +206,5 @@ def explanation_from_weights(
         shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in (classes, alpha)]
         raise LabError(f"classes {shapes[0]} and alpha {shapes[1]} do not fit this head pass of {n} images with {c} "
                        f"feature maps: expected (N, K) = ({n}, K) and ({n}, K, {c}), as class_weights(run) returns")
-    return explanation_from_alpha(run.layer, classes, run.scores, run.activations, alpha, tuple(size), counterfactual,
+    return explanation_from_alpha(run.layer, classes, run.scores, run.activations, alpha, map_size(size), counterfactual,
                                   run.path)

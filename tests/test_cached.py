@@ -153,5 +153,9 @@ def test_the_cached_api_takes_inference_tensors_and_checks_its_inputs(alexnet, i
     for bad_classes, bad_alpha in ((classes[:1], alpha[:1]), (classes, alpha[..., :10]), (classes.tolist(), alpha)):
         with pytest.raises(LabError, match="do not fit this head pass of 2 images with 256 feature maps"):
             explanation_from_weights(run, bad_classes, bad_alpha)
+    for size in ((0, 0), 224, (224.0, 224)):
+        with pytest.raises(LabError, match=re.escape(f"size must be the input's (height, width) in pixels, such as "
+                                                     f"(224, 224), got {size!r}")):
+            explanation_from_weights(run, classes, alpha, size=size)
     assert_no_hooks(alexnet)
     assert_model_unchanged(alexnet, snapshots["alexnet"], outputs=False)
