@@ -142,20 +142,19 @@ def explaining(model: nn.Module) -> Iterator[nn.Module]:
     that it cannot see this call's hooks or modes (PyTorch modules are not thread-safe to modify).
     """
     with model_lock(model):
-        _SWITCHING.acquire()  # a call that switched modes holds it: wait for it to put them back
-        modes = [(m, m.training) for m in model.modules()]
-        switched = any(training for _, training in modes)  # a model already in eval mode is left alone
-        if switched:
-            model.eval()
-        else:
-            _SWITCHING.release()
-        try:
+        with _SWITCHING:  # a call that runs these modules in eval mode holds it: wait until they are put back
+            in_eval = not any(m.training for m in model.modules())
+        if in_eval:  # a model already in eval mode is left alone
             yield model
-        finally:
-            if switched:
+            return
+        with _SWITCHING:
+            modes = [(m, m.training) for m in model.modules()]
+            model.eval()
+            try:
+                yield model
+            finally:
                 for m, training in modes:
                     m.training = training
-                _SWITCHING.release()
 
 
 def uncompiled(model: nn.Module) -> nn.Module:
