@@ -234,6 +234,7 @@ def test_api_a_class_beyond_a_fine_tuned_head_is_refused(method, alexnet, images
     assert_no_hooks(ten)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # deprecated, still what users may hand in
 def test_api_what_hooks_cannot_explain_is_refused(alexnet, images):
     """Not a module, or TorchScript: a traced model runs no Python hooks, so Guided Backpropagation's
     rule would silently not apply (it returned the plain gradient)."""
