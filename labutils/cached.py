@@ -34,7 +34,7 @@ from torch import nn
 from .errors import LabError, LayerError
 from .gradcam import (
     ClassSpec, Explanation, alpha_weights, class_gradients, class_targets, explanation_from_alpha, model_input,
-    targets_for,
+    placement, targets_for,
 )
 from .hooks import explaining, uncompiled
 from .models import feature_layers, get_layer, model_name
@@ -109,9 +109,7 @@ def feature_maps(model: nn.Module, activations: torch.Tensor) -> torch.Tensor:
         shape = tuple(activations.shape) if isinstance(activations, torch.Tensor) else type(activations).__name__
         raise LabError(f"expected the feature maps A^k as a float tensor (N, C, h, w), got {shape}: "
                        "make them with features_at(model, layer, x)")
-    weight = next(model.parameters(), None)
-    a = activations.detach()
-    a = a.to(weight.dtype) if weight is not None and weight.is_floating_point() else a
+    a = activations.detach().to(dtype=placement(model)[1])
     return a.clone() if a.is_inference() else a
 
 

@@ -127,6 +127,17 @@ def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     parameters is placed by its buffers, or else on the CPU.
     """
     check_images(x)
+    device, dtype = placement(model)
+    height, width = x.shape[-2:]
+    if input_fits(model, height, width) is False:
+        side = min_input_size(model)
+        raise ImageError(f"the images are {height}x{width} pixels, smaller than the {side}x{side} this model needs: "
+                         "make them with labutils.load_image (224x224)")
+    return x.to(device=device, dtype=dtype)
+
+
+def placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and float dtype of the model's first floating parameter (else buffer; else the CPU, float32)."""
     tensors = itertools.chain(model.parameters(), model.buffers())
     first = next(tensors, None)
     where = first if first is None or first.is_floating_point() else next(
@@ -134,14 +145,9 @@ def model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if where is not None and where.is_meta:
         raise ModelError("the model's weights are on the meta device: they have shapes but no values; "
                          "load weights into it (labutils.load_model, or model.to_empty() then load_state_dict)")
-    height, width = x.shape[-2:]
-    if input_fits(model, height, width) is False:
-        side = min_input_size(model)
-        raise ImageError(f"the images are {height}x{width} pixels, smaller than the {side}x{side} this model needs: "
-                         "make them with labutils.load_image (224x224)")
     device = where.device if where is not None else torch.device("cpu")
     dtype = where.dtype if where is not None and where.is_floating_point() else torch.float32
-    return x.to(device=device, dtype=dtype)
+    return device, dtype
 
 
 def class_targets(classes: ClassSpec, n_images: int, outputs: int | None = None) -> torch.Tensor | None:
@@ -186,9 +192,10 @@ def class_targets(classes: ClassSpec, n_images: int, outputs: int | None = None)
 
 def within(targets: torch.Tensor, outputs: int | None) -> torch.Tensor:
     """``targets`` (on the CPU: nothing waits for a GPU), refused if an index is beyond the model's outputs."""
-    if outputs is not None and int(targets.max()) >= outputs:
-        raise ClassError(f"class index {int(targets.max())} is out of range for this model: it has "
-                         f"{outputs} outputs (0..{outputs - 1})")
+    largest = int(targets.max())
+    if outputs is not None and largest >= outputs:
+        raise ClassError(f"class index {largest} is out of range for this model: it has {outputs} outputs "
+                         f"(0..{outputs - 1})")
     return targets
 
 

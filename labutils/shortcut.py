@@ -49,9 +49,8 @@ weight tensor itself, its autograd version counter (bumped by optimizer steps an
 version counter are not: writing through ``weight.data`` or a numpy view of the weight, and
 assigning ``weight.data = ...`` (as ``torch.nn.utils.vector_to_parameters`` does; the new storage
 may reuse the old one's address). After those, call ``clear_shortcut_cache()`` (or pass
-``shortcut=False``). W2 and W3 are neither copied nor
-cached: each call reads the model's own weights, and a kept ``HeadRecord`` (the explorer's) refuses
-to serve once they have changed in place.
+``shortcut=False``). W2 and W3 are neither copied nor cached: each call reads the model's own
+weights, and a kept ``HeadRecord`` (the explorer's) refuses to serve once they have changed in place.
 """
 
 from __future__ import annotations
@@ -149,12 +148,11 @@ def shortcut_route(model: nn.Module, layer: str) -> Route:
         return autograd(f"hooks on the modules above {layer}")
     if any("forward" in vars(m) for m in path):
         return autograd(f"a module above {layer} has a forward of its own (set on the instance)")
-    linears = [m for m in classifier if type(m) is nn.Linear]
-    if len({id(m) for m in linears}) < len(linears):
-        return autograd("the same Linear is used twice in the classifier (its hook would see two outputs)")
     if any(getattr(torch_module, attr) for attr in GLOBAL_HOOKS):
         return autograd("global module hooks are registered (torch.nn.modules.module.register_module_*_hook)")
     linears = [j for j, m in enumerate(classifier) if j >= first and type(m) is nn.Linear]
+    if len({id(classifier[j]) for j in linears}) < len(linears):
+        return autograd("the same Linear is used twice in the classifier (its hook would see two outputs)")
     relu = [any(type(m) is nn.ReLU for m in classifier[j:k]) for j, k in zip(linears, linears[1:])]
     pools = " + ".join(type(m).__name__ for m in [*after, avgpool])
     return Route(True, f"{layer} -> {pools} -> flatten -> classifier.{first}",
