@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import nbformat
 import torch
 
 from ..exercise import Case, Exercise, Net, Outcome
+from .collect import LabNotebook, nbgrader
 from .plain import PlainError, decode, encode
+from .results import ExerciseResult, QuestionResult, Run
 from .sandbox import Cgroup, Limits, bwrap_argv, make_cgroup, python_dirs, rlimit_prefix
 
 PACKAGE = Path(__file__).resolve().parents[1]  # labutils/
@@ -451,3 +454,52 @@ class ScoringPool:
         for scorer in self.scorers.values():
             await scorer.stop()
         shutil.rmtree(self.setup.workdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the score stage
+
+
+async def score_notebook(submitted: nbformat.NotebookNode, lab: LabNotebook, run: Run, pool: ScoringPool) -> None:
+    """Score each exercise of the notebook from the solution cells of the grader's own copy."""
+    cells = [c for c in submitted.get("cells", []) if isinstance(c, dict)] \
+        if isinstance(submitted.get("cells"), list) else []
+    for graded in lab.exercises:
+        exercise = graded.exercise
+        where = [n for n, c in enumerate(cells) if nbgrader(c).get("grade_id") == exercise.solution_grade_id
+                 and c.get("cell_type") == "code" and isinstance(c.get("source"), str)]
+        if not where:
+            run.verdicts[exercise.grade_id] = Verdict(False, f"no solution cell {exercise.solution_grade_id} in "
+                                                             "this notebook (made from an older handout?)")
+            continue
+        if len(where) > 1:
+            run.notes.append(f"{len(where)} cells claim to be the solution {exercise.solution_grade_id}: the first "
+                             "was scored")
+        code = cells[where[0]]["source"]
+        prelude = import_lines([c["source"] for c in cells[: where[0]] if c.get("cell_type") == "code"
+                                and isinstance(c.get("source"), str)])
+        run.verdicts[exercise.grade_id] = await pool.score(exercise, code, prelude)
+        if copies_reference(code, exercise):
+            run.copied.add(exercise.grade_id)
+    for question in lab.questions:
+        answers = [c["source"] for c in cells if nbgrader(c).get("grade_id") == question.grade_id
+                   and isinstance(c.get("source"), str)]
+        run.answers[question.grade_id] = answers[0] if answers else "(no answer cell: deleted, or an older handout)"
+
+
+def score(run: Run, lab: LabNotebook) -> tuple[list[ExerciseResult], list[QuestionResult]]:
+    """Each exercise of the notebook: passed (points) or not (0, and why); each written answer."""
+    exercises = []
+    for graded in lab.exercises:
+        grade_id = graded.exercise.grade_id
+        found = run.verdicts.get(grade_id) or Verdict(False, run.notes[0] if run.notes else "not graded")
+        exercises.append(ExerciseResult(grade_id, lab.name, graded.points if found.passed else 0.0, graded.points,
+                                        found.passed, found.message, grade_id in run.copied))
+    questions = [QuestionResult(q.grade_id, lab.name, q.points, run.answers.get(q.grade_id, "(not submitted)"),
+                                q.scheme) for q in lab.questions]
+    return exercises, questions
+
+
+def not_submitted(lab: LabNotebook) -> tuple[list[ExerciseResult], list[QuestionResult]]:
+    return ([ExerciseResult(g.exercise.grade_id, lab.name, 0.0, g.points, False, f"{lab.name} was not submitted")
+             for g in lab.exercises],
+            [QuestionResult(q.grade_id, lab.name, q.points, "(not submitted)", q.scheme) for q in lab.questions])

@@ -1,0 +1,143 @@
+"""Exporting: results/<student>.json, grades.csv, marks-template.csv, and the merge of manual marks.
+
+Every file is written atomically; CSV cells a spreadsheet would read as a formula are protected.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from ..errors import LabError
+from .report import report_html
+from .results import GradeResult, Run, _points
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP: cells a spreadsheet would read as a formula
+
+
+def spreadsheet_safe(value: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading ' before =, +, -, @, tab or CR (OWASP)."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def from_spreadsheet(value: str) -> str:
+    """The value :func:`spreadsheet_safe` protected."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_START) else value
+
+
+def file_name(student: str) -> str:
+    """A file name for the student's files: the id if it is plain, else a cleaned id and a hash (no traversal)."""
+    base = re.sub(r"[^\w.-]+", "_", student).strip("._")[:80] or "student"
+    if base != student or base.lower() in ("grades", "results", "marks", "marks-template"):
+        base += "-" + hashlib.sha256(student.encode()).hexdigest()[:10]
+    return base
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_results(out_dir: Path) -> dict[str, GradeResult]:
+    """The students graded so far in ``out_dir`` (``results/*.json``)."""
+    found = {}
+    for path in sorted((out_dir / "results").glob("*.json")):
+        try:
+            result = GradeResult.from_json(json.loads(path.read_text(encoding="utf-8")), out_dir)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise LabError(f"{path} is not a result the grader wrote ({type(error).__name__}); delete it and "
+                           "grade that student again") from None
+        found[result.student] = result
+    return found
+
+
+def write_csv(results: list[GradeResult], path: Path) -> None:
+    """grades.csv: student, points per exercise, marks per written answer (empty until marked), total, max."""
+    exercise_ids = list(dict.fromkeys(e.grade_id for r in results for e in r.exercises))
+    question_ids = list(dict.fromkeys(q.grade_id for r in results for q in r.questions))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([spreadsheet_safe(c) for c in ["student", *exercise_ids, *question_ids, "total", "max"]])
+    for r in sorted(results, key=lambda r: r.student):
+        earned = {e.grade_id: _points(e.points) for e in r.exercises}
+        marked = {q.grade_id: "" if q.points is None else _points(q.points) for q in r.questions}
+        writer.writerow([spreadsheet_safe(r.student), *(earned.get(g, "") for g in exercise_ids),
+                         *(marked.get(g, "") for g in question_ids), _points(r.total), _points(r.max_points)])
+    _write_text(path, buffer.getvalue())
+
+
+def write_marks_template(results: list[GradeResult], path: Path) -> None:
+    """marks-template.csv: one row per student and written answer, points left empty for the instructor."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["student", "question", "points", "max", "comment"])
+    for r in sorted(results, key=lambda r: r.student):
+        for q in r.questions:
+            writer.writerow([spreadsheet_safe(r.student), spreadsheet_safe(q.grade_id),
+                             "" if q.points is None else _points(q.points), _points(q.max_points), ""])
+    _write_text(path, buffer.getvalue())
+
+
+def save(result: GradeResult, runs: dict[str, Run], out_dir: Path) -> None:
+    """The student's report and result file; a report that cannot be written becomes a note."""
+    try:
+        _write_text(result.report, report_html(result, runs))
+    except Exception as error:
+        result.notes.append(f"the report could not be written: {type(error).__name__}: {error}")
+        _write_text(result.report, report_html(result, {}))
+    (out_dir / "results").mkdir(exist_ok=True)
+    _write_text(out_dir / "results" / f"{result.report.stem}.json", json.dumps(result.to_json(), indent=1))
+
+
+def merge_marks(marks: Path, out_dir: Path) -> list[GradeResult]:
+    """Merge manual marks into ``out_dir``'s results and rewrite grades.csv; no notebook is run.
+
+    ``marks`` is a CSV with a header row and the columns ``student,question,points`` (more columns,
+    e.g. ``max`` and ``comment`` of ``marks-template.csv``, are ignored); an empty ``points`` leaves
+    that answer unmarked. Every row is checked before anything is written.
+    """
+    out_dir = Path(out_dir)
+    results = load_results(out_dir)
+    if not results:
+        raise LabError(f"{out_dir} holds no graded students (results/*.json); grade the submissions first")
+    try:
+        rows = list(csv.DictReader(Path(marks).read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise LabError(f"--marks {marks}: not a readable CSV file ({error})") from None
+    if rows and not {"student", "question", "points"} <= set(rows[0]):
+        raise LabError(f"--marks {marks}: the header must name the columns student, question, points")
+    updates = []
+    for n, row in enumerate(rows, start=2):
+        student, question = from_spreadsheet(row["student"] or ""), from_spreadsheet(row["question"] or "")
+        text = (row["points"] or "").strip()
+        if student not in results:
+            raise LabError(f"--marks {marks}, line {n}: no graded student {student!r} in {out_dir}")
+        found = [q for q in results[student].questions if q.grade_id == question]
+        if not found:
+            raise LabError(f"--marks {marks}, line {n}: {student} has no written answer {question!r}")
+        try:
+            value = None if text == "" else float(text)
+        except ValueError:
+            raise LabError(f"--marks {marks}, line {n}: points {text!r} is not a number") from None
+        if value is not None and not 0 <= value <= found[0].max_points:
+            raise LabError(f"--marks {marks}, line {n}: {value:g} points is outside 0..{found[0].max_points:g}")
+        updates.append((found[0], value))
+    for question, value in updates:
+        question.points = value
+    for result in results.values():
+        _write_text(out_dir / "results" / f"{result.report.stem}.json", json.dumps(result.to_json(), indent=1))
+    write_csv(list(results.values()), out_dir / "grades.csv")
+    return list(results.values())

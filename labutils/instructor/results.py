@@ -1,0 +1,95 @@
+"""What grading finds, as records: one exercise, one written answer, one student, one notebook's run.
+
+:class:`GradeResult` is what ``results/<student>.json`` holds (:mod:`labutils.instructor.export`);
+:class:`Run` is one submitted notebook after execution (:mod:`labutils.instructor.execute`) and scoring
+(:mod:`labutils.instructor.scoring`), what the report (:mod:`labutils.instructor.report`) shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import nbformat
+
+if TYPE_CHECKING:
+    from .scoring import Verdict
+
+
+@dataclass
+class ExerciseResult:
+    """One exercise of one submission: what scoring found and the points it earned."""
+
+    grade_id: str
+    notebook: str
+    points: float
+    max_points: float
+    passed: bool
+    message: str  # the PASS line, or the one line that says why not
+    copied: bool = False  # the solution's code is the reference's, once normalised: the instructor judges
+
+
+@dataclass
+class QuestionResult:
+    """One written (manually graded) answer: the student's text next to the mark scheme."""
+
+    grade_id: str
+    notebook: str
+    max_points: float
+    answer: str
+    scheme: str
+    points: Optional[float] = None  # from the marks CSV
+
+
+@dataclass
+class GradeResult:
+    """One student's graded lab."""
+
+    student: str
+    exercises: list[ExerciseResult]
+    report: Path
+    notes: list[str] = field(default_factory=list)  # what happened beyond the exercises (timeouts, crashes...)
+    seconds: float = 0.0  # wall time spent on this student's notebooks
+    questions: list[QuestionResult] = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return sum(e.points for e in self.exercises) + sum(q.points or 0.0 for q in self.questions)
+
+    @property
+    def max_points(self) -> float:
+        return sum(e.max_points for e in self.exercises) + sum(q.max_points for q in self.questions)
+
+    def to_json(self) -> dict:
+        return {"student": self.student, "exercises": [asdict(e) for e in self.exercises],
+                "questions": [asdict(q) for q in self.questions], "report": self.report.name, "notes": self.notes,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict, folder: Path) -> "GradeResult":
+        return cls(str(data["student"]), [ExerciseResult(**e) for e in data["exercises"]],
+                   folder / Path(str(data["report"])).name, list(data.get("notes", [])),
+                   float(data.get("seconds", 0.0)), [QuestionResult(**q) for q in data.get("questions", [])])
+
+
+
+@dataclass
+class Run:
+    """One submitted notebook after execution and scoring."""
+
+    notebook: str
+    nb: nbformat.NotebookNode | None
+    notes: list[str] = field(default_factory=list)
+    timed_out: set[int] = field(default_factory=set)
+    not_run: dict[int, str] = field(default_factory=dict)  # cell index -> why it did not run
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    copied: set[str] = field(default_factory=set)
+    answers: dict[str, str] = field(default_factory=dict)  # question grade_id -> the student's cell
+    seconds: float = 0.0
+
+
+
+def _points(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
