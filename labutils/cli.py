@@ -4,6 +4,7 @@
     python -m labutils student [--out student/]                       # the notebooks without solutions
     python -m labutils grade submissions/ [--out grades/] [--timeout 120] [--jobs 2] [--regrade alice]
     python -m labutils grade --marks marks.csv --out grades/          # merge the manual marks
+    python -m labutils grade --out grades/ --roster roster.csv --export canvas   # canvas.csv (or moodle.csv)
     python -m labutils summary vgg16
     python -m labutils explain cat_dog.jpg --model vgg16 --class 243 --class "tiger cat" --out out/ --npz
     python -m labutils explain photos/ --model vgg16 --out out/          # a whole folder, batched
@@ -229,23 +230,43 @@ def student(args: argparse.Namespace) -> None:
 
 
 def grade(args: argparse.Namespace) -> None:
-    """Grade submitted notebooks (grades.csv, one HTML report per student), or merge manual marks."""
+    """Grade submitted notebooks (grades.csv, one HTML report per student), or merge manual marks; export."""
     from .instructor.grading import grade as grade_all, merge_marks
 
+    roster = None
+    if bool(args.roster) != bool(args.export):
+        raise LabError("--roster FILE and --export canvas|moodle go together: the roster maps your students to the "
+                       "platform's accounts")
+    if args.export:  # checked before any grading: a bad roster does not cost a run
+        from .instructor.lms import check_assignment, read_roster
+
+        check_assignment(args.assignment)
+        roster = read_roster(Path(args.roster), args.export)
+    results = None
     if args.marks:
         if args.submissions:
             raise LabError("--marks merges marks into graded results and runs no notebook: give no submissions")
         results = merge_marks(Path(args.marks), Path(args.out))
     elif not args.submissions:
-        raise LabError("give the submissions to grade (files or folders), or --marks FILE to merge manual marks")
+        if roster is None:
+            raise LabError("give the submissions to grade (files or folders), or --marks FILE to merge manual marks, "
+                           "or --roster FILE --export canvas|moodle to export the grades in --out")
     else:
         kw = {"instructor_dir": Path(args.notebooks)} if args.notebooks else {}
         results = grade_all([Path(p) for p in args.submissions], Path(args.out), timeout=args.timeout,
                             budget=args.budget, jobs=args.jobs, sandbox=not args.no_sandbox, memory=args.memory,
                             regrade=tuple(args.regrade), **kw)
-    for r in results:
+    for r in results or []:
         print(f"{r.student}: {r.total:g} / {r.max_points:g}  {r.report}")
-    print(f"wrote {Path(args.out) / 'grades.csv'} ({len(results)} student(s))")
+    if results is not None:
+        print(f"wrote {Path(args.out) / 'grades.csv'} ({len(results)} student(s))")
+    if roster is not None:
+        from .instructor.lms import export_grades
+
+        done = export_grades(Path(args.out), roster, args.export, assignment=args.assignment)
+        for line in done.lines():
+            print(f"warning: {line}", file=sys.stderr)
+        print(f"wrote {done.path} ({len(done.exported)} student(s) with points; who was left out: {done.check})")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -275,6 +296,12 @@ def parser() -> argparse.ArgumentParser:
                    help="grade this student again (repeatable); others already graded in --out are skipped")
     p.add_argument("--no-sandbox", action="store_true", help="run the students' code without bubblewrap")
     p.add_argument("--marks", default=None, metavar="CSV", help="merge manual marks (student,question,points)")
+    p.add_argument("--roster", default=None, metavar="CSV",
+                   help="the class roster for --export (student,name,id,sis_user_id,sis_login_id,section,email)")
+    p.add_argument("--export", default=None, choices=["canvas", "moodle"],
+                   help="also write canvas.csv or moodle.csv in --out for the platform's gradebook import")
+    p.add_argument("--assignment", default="Grad-CAM lab", metavar="TITLE",
+                   help='the lab\'s column in the gradebook (default: Grad-CAM lab; Canvas: "Title (assignment id)")')
     p.set_defaults(run=grade)
     p = commands.add_parser("explain", help="Grad-CAM and friends for images or folders of images")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")

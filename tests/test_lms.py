@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from labutils.cli import main
 from labutils.errors import LabError
 from labutils.instructor.grading import ExerciseResult, GradeResult, QuestionResult, write_csv
 from labutils.instructor.lms import Enrolment, export_grades, grade_of, read_roster
@@ -160,3 +161,34 @@ def test_an_empty_output_folder_and_an_unknown_platform_are_refused(tmp_path, ro
         export_grades(tmp_path, roster, "canvas")
     with pytest.raises(LabError, match="choose one of canvas, moodle"):
         export_grades(tmp_path, roster, "blackboard")
+
+
+def test_grade_command_exports_from_an_output_folder_and_after_marks(graded, roster, tmp_path, capsys):
+    assert main(["grade", "--out", str(graded), "--roster", str(roster), "--export", "canvas"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"wrote {graded / 'canvas.csv'} (2 student(s) with points; who was left out: " \
+                  f"{graded / 'canvas-check.txt'})\n"
+    assert err.splitlines() == [f"warning: {line}" for line in export_grades(graded, roster, "canvas").lines()]
+    marks = tmp_path / "marks.csv"
+    marks.write_text("student,question,points\ncarol,q0,1\n", encoding="utf-8")
+    assert main(["grade", "--marks", str(marks), "--out", str(graded), "--roster", str(roster), "--export",
+                 "moodle", "--assignment", "Lab 3"]) == 0
+    assert (graded / "moodle.csv").read_text(encoding="utf-8").splitlines()[::3] == [
+        "Email address,ID number,Full name,Lab 3", "carol@uni.example,,\"'=HYPERLINK(\"\"http://evil.example\"\")\",4"]
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--roster", "r.csv"], "--roster FILE and --export canvas|moodle go together"),
+    (["--export", "canvas"], "--roster FILE and --export canvas|moodle go together"),
+    (["--roster", "BAD", "--export", "moodle"], "missing column(s)"),
+    (["--roster", "GOOD", "--export", "moodle", "--assignment", " "], "--assignment ' ': give the lab's title"),
+    (["--roster", "GOOD", "--export", "d2l"], "argument --export: invalid choice: 'd2l'"),
+])  # fmt: skip
+def test_export_errors_come_before_any_grading_in_one_line(tmp_path, roster, capsys, extra, says):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("student,email\nalice,a@x\n", encoding="utf-8")
+    extra = [str(bad) if x == "BAD" else str(roster) if x == "GOOD" else x for x in extra]
+    out = tmp_path / "out"
+    assert main(["grade", str(tmp_path / "no-such-submissions"), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and not out.exists()

@@ -136,6 +136,12 @@ def read_roster(path: Path, platform: str) -> dict[str, Enrolment]:
     return roster
 
 
+def check_assignment(assignment: str) -> None:
+    """The lab's column title: one line of text (Canvas's "Name (assignment id)" or a new assignment's name)."""
+    if not assignment.strip() or any(c in assignment for c in "\r\n"):
+        raise LabError(f"--assignment {assignment!r}: give the lab's title in the gradebook, on one line")
+
+
 def grade_of(result: GradeResult) -> Grade:
     """The lab's points of one graded student, or None and why when the grading is not complete."""
     not_graded = getattr(result, "not_graded", None)  # the grader's own "not graded" state, where it has one
@@ -210,10 +216,9 @@ def export_grades(out_dir: Path, roster: Path | dict[str, Enrolment], platform: 
     checked before anything is written; the lists of who was left out are in the result.
     """
     out_dir = Path(out_dir)
+    check_assignment(assignment)
     if platform not in PLATFORMS:
         raise LabError(f"--export {platform}: choose one of {', '.join(PLATFORMS)}")
-    if not assignment.strip() or any(c in assignment for c in "\r\n"):
-        raise LabError(f"--assignment {assignment!r}: give the lab's title in the gradebook on one line")
     enrolments = read_roster(Path(roster), platform) if not isinstance(roster, dict) else roster
     grades = graded_students(out_dir)
     tops = {g.max_points for g in grades.values()}
