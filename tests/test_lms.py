@@ -16,7 +16,8 @@ import pytest
 
 from labutils.cli import main
 from labutils.errors import LabError
-from labutils.instructor.grading import ExerciseResult, GradeResult, QuestionResult, write_csv
+from labutils.instructor.export import write_csv
+from labutils.instructor.results import ExerciseResult, GradeResult, QuestionResult
 from labutils.instructor.lms import Enrolment, export_grades, grade_of, read_roster
 
 HEADER = "student,name,id,sis_user_id,sis_login_id,section,email"

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LabError
-from .grading import GradeResult, _points, _write_text, load_results, spreadsheet_safe
+from .export import _write_text, from_spreadsheet, load_results, spreadsheet_safe
+from .results import GradeResult, _points
 
 ROSTER_COLUMNS = ("student", "name", "id", "sis_user_id", "sis_login_id", "section", "email")
 PLATFORMS = ("canvas", "moodle")
@@ -157,8 +158,6 @@ def grade_of(result: GradeResult) -> Grade:
 
 def grades_from_csv(path: Path) -> dict[str, Grade]:
     """The grades of a grades.csv (for an output folder without results/): an empty cell means not graded."""
-    from .grading import from_spreadsheet
-
     try:
         rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline="")))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
