@@ -99,6 +99,9 @@ def test_a_student_the_grader_could_not_grade_is_left_empty_not_zero(tmp_path, r
     out = write_results(tmp_path / "grades", [result("bob", (2, 3))])
     assert grade_of(failed).points is None and "sandbox did not start" in grade_of(failed).why_not
     assert grade_of(result("bob", (2, 0), (0,))).points == 2  # a mark of 0 is a grade, not a missing one
+    unjudged = result("carol", (2, 0))
+    unjudged.exercises[1].graded = False  # an exercise the grader could not judge
+    assert grade_of(unjudged).points is None and grade_of(unjudged).why_not == "not graded: combine"
     done = export_grades(out, roster, "canvas")
     assert done.exported == ["bob"] and done.no_submission == ["alice", "carol", "dave"]
 

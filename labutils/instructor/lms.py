@@ -149,6 +149,9 @@ def grade_of(result: GradeResult) -> Grade:
     if not_graded:
         why = not_graded if isinstance(not_graded, str) else "; ".join(map(str, not_graded))
         return Grade(result.student, None, result.max_points, f"not graded: {why}")
+    unjudged = [e.grade_id for e in result.exercises if getattr(e, "graded", True) is False]
+    if unjudged:
+        return Grade(result.student, None, result.max_points, f"not graded: {', '.join(unjudged)}")
     unmarked = [q.grade_id for q in result.questions if q.points is None]
     if unmarked:
         return Grade(result.student, None, result.max_points,
