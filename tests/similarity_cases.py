@@ -1317,3 +1317,225 @@ def my_pointing_game(maps, boxes, tolerance):
     return in_range(rows, boxes[:, 0], boxes[:, 2]) & in_range(cols, boxes[:, 1], boxes[:, 3])
 ''',
 ]
+
+# ---------------------------------------------------------------- copies disguised by hand
+
+COPIED["layer_cost"] = [
+    # the instructor's solution: renamed, branches reordered, a temporary added, comments
+    '''
+def my_layer_cost(layer, shape):
+    t = layer["kind"]
+    if t == "linear":
+        result, count = (layer["out_features"],), layer["out_features"] * (math.prod(shape) + 1)
+    elif t in ("conv", "maxpool"):
+        ch, hh, ww = shape
+        kern = layer["kernel"]
+        stride, pad = layer.get("stride", 1 if t == "conv" else kern), layer.get("padding", 0)
+        hw = ((hh + 2 * pad - kern) // stride + 1, (ww + 2 * pad - kern) // stride + 1)
+        if t == "conv":
+            result, count = (layer["out_channels"], *hw), layer["out_channels"] * (ch * kern * kern + 1)
+        else:
+            result, count = (ch, *hw), 0
+    else:
+        result, count = tuple(shape), 0
+    size_mb = 2 * math.prod(result) * BYTES_PER_VALUE / MB
+    return result, count, size_mb
+''',
+    # renamed, tuple assignments split, lines swapped, dead code
+    '''
+def my_layer_cost(s, dims):
+    kind_of_layer = s["kind"]
+    debug = False
+    if kind_of_layer in ("conv", "maxpool"):
+        p = s.get("padding", 0)
+        k = s["kernel"]
+        st = s.get("stride", 1 if kind_of_layer == "conv" else k)
+        n_c, n_h, n_w = dims
+        spatial = ((n_h + 2 * p - k) // st + 1, (n_w + 2 * p - k) // st + 1)
+        if kind_of_layer == "conv":
+            params = s["out_channels"] * (n_c * k * k + 1)
+            out = (s["out_channels"], *spatial)
+        else:
+            params = 0
+            out = (n_c, *spatial)
+    elif kind_of_layer == "linear":
+        params = s["out_features"] * (math.prod(dims) + 1)
+        out = (s["out_features"],)
+    else:
+        out, params = tuple(dims), 0
+    if debug:
+        print(out, params)
+    return out, params, 2 * math.prod(out) * BYTES_PER_VALUE / MB
+''',
+]
+
+COPIED["capture"] = [
+    # the instructor's solution: renamed, the two hooks swapped, a comment, keys renamed
+    '''
+def my_capture(net, name, images, cls):
+    store = {}
+
+    def fwd(mod, inp, out):
+        store["a"] = out
+        out.register_hook(bwd)
+        return out.clone()
+
+    def bwd(g):
+        store["g"] = g
+
+    h = get_layer(net, name).register_forward_hook(fwd)
+    try:
+        logits = net(images)
+        logits[:, cls].sum().backward()
+    finally:
+        h.remove()
+    return store["a"].detach(), store["g"]
+''',
+    # reformatted, renamed, dead code, a temporary
+    '''
+def my_capture(model, layer, x, c):
+    results = dict()
+    unused_counter = 0
+
+    def grad_saver(gradient):
+        results["grads"] = gradient
+
+    def act_saver(m, i, o):
+        results["acts"] = o
+        o.register_hook(grad_saver)
+        return o.clone()
+
+    target = get_layer(model, layer)
+    hook_handle = target.register_forward_hook(act_saver)
+    try:
+        out = model(x)
+        chosen = out[:, c]
+        chosen.sum().backward()
+    finally:
+        hook_handle.remove()
+    acts = results["acts"].detach()
+    return acts, results["grads"]
+''',
+]
+
+COPIED["postprocess"] = [
+    # the instructor's solution: renamed, the min/max lines swapped, F.relu -> torch.relu
+    '''
+def my_postprocess(raw, size):
+    reshaped = raw.reshape(-1, 1, *raw.shape[-2:])
+    up = torch.nn.functional.interpolate(reshaped, size=size, mode="bilinear", align_corners=False)
+    up = torch.relu(up).reshape(*raw.shape[:-2], *size)
+    high = up.amax(dim=(-2, -1), keepdim=True)
+    low = up.amin(dim=(-2, -1), keepdim=True)
+    rng = high - low
+    return torch.where(rng > 0, (up - low) / torch.where(rng > 0, rng, 1.0), torch.zeros_like(up))
+''',
+    # labutils.gradcam's normalize and upsample, inlined by hand, renamed
+    '''
+def _norm(m):
+    lo = m.amin(dim=(-2, -1), keepdim=True)
+    hi = m.amax(dim=(-2, -1), keepdim=True)
+    d = hi - lo
+    return torch.where(d > 0, (m - lo) / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(m))
+
+def my_postprocess(raw, size):
+    flat = raw.reshape(-1, 1, *raw.shape[-2:])
+    big = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    big = big.reshape(*raw.shape[:-2], *size)
+    return _norm(F.relu(big))
+''',
+]
+
+COPIED["layer_sweep"] = [
+    # the instructor's solution: renamed, the two centrings on two lines, dead code
+    '''
+def my_layer_sweep(model, x, classes, layers, steps):
+    out = []
+    verbose = False
+    for L in layers:
+        p, q = (steps.gradcam(model, x, k, L).flatten(1) for k in classes)
+        q = q - q.mean(dim=1, keepdim=True)
+        p = p - p.mean(dim=1, keepdim=True)
+        n = p.norm(dim=1) * q.norm(dim=1)
+        if verbose:
+            print(L, n)
+        out.append(torch.where(n > 0, (p * q).sum(dim=1) / n.clamp(min=1e-30), torch.zeros_like(n)))
+    return torch.stack(out)
+''',
+    # labutils.checks.gradcam_math.correlations copied as a helper, renamed
+    '''
+def corr(u, w):
+    u = u.flatten(-2) - u.flatten(-2).mean(-1, keepdim=True)
+    w = w.flatten(-2) - w.flatten(-2).mean(-1, keepdim=True)
+    nn_ = u.norm(dim=-1) * w.norm(dim=-1)
+    return torch.where(nn_ > 0, (u * w).sum(-1) / torch.where(nn_ > 0, nn_, 1), torch.zeros_like(nn_))
+
+def my_layer_sweep(model, x, classes, layers, steps):
+    return torch.stack([corr(steps.gradcam(model, x, classes[0], l), steps.gradcam(model, x, classes[1], l))
+                        for l in layers])
+''',
+]
+
+COPIED["overlay"] = [
+    # the instructor's solution: renamed, the blend's terms swapped, [None, None] spelled unsqueeze
+    '''
+def my_overlay(img, heat, a, palette):
+    hw = tuple(img.shape[:2])
+    big = F.interpolate(heat[None, None], size=hw, mode="bilinear", align_corners=False)[0, 0]
+    idx = (big.clamp(0, 1) * len(palette)).long().clamp(max=len(palette) - 1)
+    return a * palette[idx] + (1 - a) * img
+''',
+    '''
+def my_overlay(image, cam_map, alpha, colors):
+    # resize the map to the picture
+    target = tuple(image.shape[:2])
+    m = torch.nn.functional.interpolate(cam_map[None, None], size=target, mode="bilinear", align_corners=False)
+    m = m[0, 0]
+    n = len(colors)
+    which = (m.clamp(0, 1) * n).long().clamp(max=n - 1)
+    mixed = (1 - alpha) * image + alpha * colors[which]
+    return mixed
+''',
+]
+
+COPIED["pointing_game"] = [
+    # the issue's reproduction: labutils.sanity.pointing_game, two names changed, two lines swapped
+    '''
+def my_pointing_game(heat, boxes, tolerance=0):
+    best = heat.flatten(1).argmax(dim=1)
+    c, r = best % heat.shape[-1], best // heat.shape[-1]
+    return (
+        (r >= boxes[:, 0] - tolerance) & (r <= boxes[:, 2] + tolerance)
+        & (c >= boxes[:, 1] - tolerance) & (c <= boxes[:, 3] + tolerance)
+    )
+''',
+    # the same, the tests in another order, split in two, comparisons turned round
+    '''
+def my_pointing_game(maps, boxes, tolerance):
+    idx = maps.flatten(1).argmax(dim=1)
+    col = idx % maps.shape[-1]
+    row = idx // maps.shape[-1]
+    in_cols = (boxes[:, 1] - tolerance <= col) & (col <= boxes[:, 3] + tolerance)
+    in_rows = (boxes[:, 0] - tolerance <= row) & (row <= boxes[:, 2] + tolerance)
+    return in_rows & in_cols
+''',
+    # the instructor's solution, renamed and reordered
+    '''
+def my_pointing_game(heatmaps, bb, tol):
+    y0, x0, y1, x1 = bb.unbind(dim=1)
+    at = heatmaps.flatten(1).argmax(dim=1)
+    y, x = at // heatmaps.shape[-1], at % heatmaps.shape[-1]
+    return ((x >= x0 - tol) & (x <= x1 + tol)
+            & (y >= y0 - tol) & (y <= y1 + tol))
+''',
+]
+
+COPIED["cam"] = [
+    '''
+def my_cam(model, images, k):
+    with torch.no_grad():
+        feats = model.features(images)
+    weights = model.classifier.weight[k] / (feats.shape[-1] * feats.shape[-2])
+    return torch.relu((weights[:, None, None] * feats).sum(dim=-3)).detach()
+''',
+]
