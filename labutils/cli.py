@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 import tempfile
@@ -257,9 +258,14 @@ def grade(args: argparse.Namespace) -> None:
                             budget=args.budget, jobs=args.jobs, sandbox=not args.no_sandbox, memory=args.memory,
                             regrade=tuple(args.regrade), **kw)
     for r in results or []:
-        print(f"{r.student}: {r.total:g} / {r.max_points:g}  {r.report}")
+        flags = [e.grade_id for e in r.exercises if e.copied]
+        flagged = f"  FLAG: {', '.join(flags)}" if flags else ""
+        print(f"{r.student}: {r.total:g} / {r.max_points:g}  {r.report}{flagged}")
     if results is not None:
         print(f"wrote {Path(args.out) / 'grades.csv'} ({len(results)} student(s))")
+    if results is not None and not args.marks:
+        pairs = json.loads((Path(args.out) / "similarity.json").read_text(encoding="utf-8"))["pairs"]
+        print(f"wrote {Path(args.out) / 'similarity.html'} ({len(pairs)} pair(s) of students with similar answers)")
     if roster is not None:
         from .instructor.lms import export_grades
 

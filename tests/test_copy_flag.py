@@ -1,18 +1,25 @@
-"""The grader flags a solution whose code is the reference's, once normalised, on the lab's own registry."""
+"""The grader's copy flag on the lab's own registry: renamed copies of a long reference flagged, short ones never.
+
+The measure of the copy check (rates on honest answers and disguised copies) is tests/test_similarity.py;
+this is what the grader calls: each exercise's references as ``lab_notebooks`` gathers them.
+"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+from pathlib import Path
 
 import pytest
 
 from labutils.checks import EXERCISES
-from labutils.instructor.scoring import copies_reference
+from labutils.instructor.collect import lab_notebooks
+from labutils.instructor.similarity import against_references
 
 gradcam = importlib.import_module("labutils.gradcam")  # the module (labutils.gradcam is also a function)
 sanity = importlib.import_module("labutils.sanity")
-BY_ID = {e.grade_id: e for e in EXERCISES}
+LAB = {g.exercise.grade_id: g for nb in lab_notebooks(Path(__file__).resolve().parents[1] / "notebooks",
+                                                     EXERCISES).values() for g in nb.exercises}
 
 
 def renamed(function: object, new_name: str, renames: dict[str, str]) -> str:
@@ -24,19 +31,30 @@ def renamed(function: object, new_name: str, renames: dict[str, str]) -> str:
 
 
 @pytest.mark.parametrize(
-    ("grade_id", "function", "renames"),
+    ("grade_id", "function", "renames", "flagged"),
     [
-        ("alpha", gradcam.alpha_weights, {"gradients": "g"}),
-        ("combine", gradcam.combine, {"activations": "A", "alpha": "weights"}),
-        ("postprocess", gradcam.postprocess, {"raw": "cam"}),
-        ("pointing_game", sanity.pointing_game, {"maps": "heat"}),
+        ("alpha", gradcam.alpha_weights, {"gradients": "g"}, False),  # one line: too short to tell
+        ("combine", gradcam.combine, {"activations": "A", "alpha": "weights"}, False),
+        ("pointing_game", sanity.pointing_game, {"maps": "heat", "peak": "top"}, True),
     ],
 )
-def test_a_renamed_copy_of_the_reference_is_flagged(grade_id: str, function: object, renames: dict) -> None:
-    exercise = BY_ID[grade_id]
-    assert copies_reference(renamed(function, exercise.function, renames), exercise)
+def test_a_renamed_copy_is_flagged_when_the_reference_is_long_enough_to_tell(grade_id, function, renames,
+                                                                            flagged) -> None:
+    graded = LAB[grade_id]
+    match = against_references(renamed(function, graded.exercise.function, renames), dict(graded.references),
+                               graded.exercise.function)
+    assert match.score == 1.0 and match.flagged is flagged
 
 
-def test_an_own_solution_is_not_flagged() -> None:
-    own = "import torch\n\ndef my_alpha(gradients):\n    h, w = gradients.shape[-2:]\n    return gradients.sum(dim=(-2, -1)) / (h * w)\n"
-    assert not copies_reference(own, BY_ID["alpha"])
+def test_every_exercise_has_references_among_them_the_instructors_solution_cell() -> None:
+    assert set(LAB) == {e.grade_id for e in EXERCISES}
+    for grade_id, graded in LAB.items():
+        names = [name for name, _ in graded.references]
+        assert any(name.startswith("the instructor's ") for name in names) and len(names) >= 2, grade_id
+
+
+def test_the_instructors_notebook_is_flagged_only_where_its_answer_is_long_enough_to_tell() -> None:
+    flagged = {grade_id for grade_id, graded in LAB.items()
+               if against_references(dict(graded.references)[f"the instructor's {graded.exercise.notebook}"],
+                                     dict(graded.references), graded.exercise.function).flagged}
+    assert {"alpha", "combine", "guided_relu", "counterfactual", "gradcam"}.isdisjoint(flagged)

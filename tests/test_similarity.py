@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import builtins
 import io
+import json
 import keyword
 import random
 import re
@@ -246,3 +247,23 @@ def test_class_pairs_leaves_out_what_most_of_the_class_shares_and_the_handout() 
     two = {"a": {"pointing_game": same}, "b": {"pointing_game": same}}
     assert len(class_pairs(two)) == 1
     assert class_pairs(two, {"pointing_game": [same]}) == []  # it is the handout's code
+
+
+def test_the_class_report_files_list_the_pairs_escaped(tmp_path) -> None:
+    from labutils.instructor.export import write_similarity
+    from labutils.instructor.results import ExerciseResult, GradeResult
+
+    def student(name: str, code: str) -> GradeResult:
+        return GradeResult(name, [ExerciseResult("overlay", "04.ipynb", 2, 2, True, "PASS", solution=code)],
+                           tmp_path / f"{name}.html")
+
+    answer = HONEST["overlay"][4]
+    results = [student("<b>ann</b>", answer), student("bob", renamed(answer, "my_overlay", 3)),
+               student("cy", HONEST["overlay"][7])]
+    pairs = write_similarity(results, tmp_path)
+    assert [(p.first, p.second, p.score) for p in pairs] == [("<b>ann</b>", "bob", 1.0)]
+    saved = json.loads((tmp_path / "similarity.json").read_text(encoding="utf-8"))
+    assert saved == {"pairs": [{"exercise": "overlay", "students": ["<b>ann</b>", "bob"], "score": 1.0,
+                                "shared": pairs[0].shared, "size": pairs[0].size}]}
+    page = (tmp_path / "similarity.html").read_text(encoding="utf-8")
+    assert "&lt;b&gt;ann&lt;/b&gt;" in page and "<b>ann" not in page and "100%" in page

@@ -18,6 +18,7 @@ import nbformat
 
 from ..errors import LabError
 from ..exercise import Exercise
+from .similarity import reference_sources
 from .student import TEXT_BEGIN, TEXT_END
 
 
@@ -27,6 +28,7 @@ class Graded:
 
     exercise: Exercise
     points: float
+    references: tuple[tuple[str, str], ...] = ()  # (name, code) of what the copy check compares with
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,10 @@ def lab_notebooks(folder: Path, registry: list[Exercise]) -> dict[str, LabNotebo
                 exercise = by_id[grade_id]
                 if exercise.notebook != path.name:
                     raise LabError(f"{where}: exercise {grade_id} belongs to {exercise.notebook} in the registry")
-                exercises.append(Graded(exercise, _declared(meta, where)))
+                solutions = {f"the instructor's {path.name}": c.source for c in nb.cells if c.cell_type == "code"
+                             and nbgrader(c).get("grade_id") == exercise.solution_grade_id}
+                references = tuple({**reference_sources(exercise), **solutions}.items())
+                exercises.append(Graded(exercise, _declared(meta, where), references))
             else:
                 raise LabError(f"{where}: the check cell {grade_id} has no exercise in the registry "
                                "(labutils.checks.EXERCISES); add one, or remove grade: true from the cell")

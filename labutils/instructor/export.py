@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 from ..errors import LabError
-from .report import report_html
+from .report import report_html, similarity_html
 from .results import GradeResult, Run, _points
+from .similarity import Pair, class_pairs
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP: cells a spreadsheet would read as a formula
 
@@ -89,6 +90,14 @@ def write_marks_template(results: list[GradeResult], path: Path) -> None:
             writer.writerow([spreadsheet_safe(r.student), spreadsheet_safe(q.grade_id),
                              "" if q.points is None else _points(q.points), _points(q.max_points), ""])
     _write_text(path, buffer.getvalue())
+
+
+def write_similarity(results: list[GradeResult], out_dir: Path) -> list[Pair]:
+    """similarity.json and similarity.html: the class's pairs of unusually similar answers, per exercise."""
+    pairs = class_pairs({r.student: {e.grade_id: e.solution for e in r.exercises if e.solution} for r in results})
+    _write_text(out_dir / "similarity.json", json.dumps({"pairs": [p.to_json() for p in pairs]}, indent=1))
+    _write_text(out_dir / "similarity.html", similarity_html(pairs))
+    return pairs
 
 
 def save(result: GradeResult, runs: dict[str, Run], out_dir: Path) -> None:

@@ -57,7 +57,7 @@ from .collect import (Graded, LabNotebook, Question, collect, default_registry, 
                       match_submission, nbgrader, read_notebook)
 from .execute import FIGURES_CAP, KERNEL_STARTS, OUTPUT_CAP, TIMEOUT_ERROR, Settings, execute, runnable_copy
 from .export import (FORMULA_START, file_name, from_spreadsheet, load_results, merge_marks, save,
-                     spreadsheet_safe, write_csv, write_marks_template)
+                     spreadsheet_safe, write_csv, write_marks_template, write_similarity)
 from .kernel import KernelSetup
 from .report import FIGURE_CAP, STYLE, report_html
 from .results import ExerciseResult, GradeResult, QuestionResult, Run
@@ -71,7 +71,7 @@ __all__ = [  # the stages' names, importable from here as before the split
     "collect", "default_registry", "execute", "file_name", "from_spreadsheet", "grade", "grade_notebook",
     "lab_notebooks", "load_results", "mark_scheme", "match_submission", "merge_marks", "nbgrader", "not_submitted",
     "read_notebook", "report_html", "runnable_copy", "save", "score", "score_notebook", "spreadsheet_safe",
-    "write_csv", "write_marks_template",
+    "write_csv", "write_marks_template", "write_similarity",
 ]
 
 
@@ -233,4 +233,5 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
         await pool.close()
     write_csv(list(results.values()), out_dir / "grades.csv")
     write_marks_template(list(results.values()), out_dir / "marks-template.csv")
+    write_similarity(list(results.values()), out_dir)
     return results

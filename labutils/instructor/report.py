@@ -11,6 +11,7 @@ import re
 import nbformat
 
 from .results import GradeResult, Run, _points
+from .similarity import Pair
 
 FIGURE_CAP = 60  # figures shown per notebook in the report
 
@@ -42,8 +43,8 @@ def report_html(result: GradeResult, runs: dict[str, Run]) -> str:
              "<table><tr><th>notebook</th><th>exercise</th><th>points</th><th>result</th><th>message</th></tr>"]
     for x in result.exercises:
         verdict = "<span class='pass'>PASS</span>" if x.passed else "<span class='fail'>FAIL</span>"
-        flag = ("<br><span class='flag'>FLAG: the solution is the reference implementation's code "
-                "(normalised); judge it yourself</span>") if x.copied else ""
+        flag = (f"<br><span class='flag'>FLAG: {x.similarity:.0%} of {e(x.similar_to)} is in this solution, once "
+                "names, order, layout and dead code are set aside; judge it yourself</span>") if x.copied else ""
         parts.append(f"<tr><td>{e(x.notebook)}</td><td>{e(x.grade_id)}</td><td>{_points(x.points)} / "
                      f"{_points(x.max_points)}</td><td>{verdict}</td><td>{e(x.message)}{flag}</td></tr>")
     parts.append("</table>")
@@ -84,5 +85,22 @@ def report_html(result: GradeResult, runs: dict[str, Run]) -> str:
                              f"<figcaption>cell {n + 1}</figcaption></figure>")
         if len(figures) > FIGURE_CAP:
             parts.append(f"<p>{len(figures) - FIGURE_CAP} more figures not shown.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def similarity_html(pairs: list[Pair]) -> str:
+    """The class's pairs of unusually similar answers, most similar first (escaped), for the instructor to judge."""
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Similar answers</title><style>{STYLE}"
+             "</style></head><body><h1>Pairs of students with unusually similar answers</h1>",
+             f"<p>{len(pairs)} pair(s). The score is the share of the smaller answer's fingerprints (k-grams of "
+             "its code once names, order, layout and dead code are set aside; what much of the class shares left "
+             "out) found in the other's. A pair is a question, not a verdict: read the two answers.</p>"]
+    if pairs:
+        parts.append("<table><tr><th>exercise</th><th>students</th><th>score</th><th>shared / counted</th></tr>")
+        parts += [f"<tr><td>{e(p.exercise)}</td><td>{e(p.first)}<br>{e(p.second)}</td><td>{p.score:.0%}</td>"
+                  f"<td>{p.shared} / {p.size}</td></tr>" for p in pairs]
+        parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)

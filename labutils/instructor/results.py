@@ -15,6 +15,7 @@ import nbformat
 
 if TYPE_CHECKING:
     from .scoring import Verdict
+    from .similarity import Match
 
 
 @dataclass
@@ -27,7 +28,10 @@ class ExerciseResult:
     max_points: float
     passed: bool
     message: str  # the PASS line, or the one line that says why not
-    copied: bool = False  # the solution's code is the reference's, once normalised: the instructor judges
+    copied: bool = False  # flagged by the copy check (labutils.instructor.similarity): the instructor judges
+    similarity: float = 0.0  # share of the closest reference's fingerprints found in the solution, 0..1
+    similar_to: str = ""  # that reference
+    solution: str = ""  # the solution cell's code (for the class's similar pairs)
 
 
 @dataclass
@@ -84,7 +88,8 @@ class Run:
     timed_out: set[int] = field(default_factory=set)
     not_run: dict[int, str] = field(default_factory=dict)  # cell index -> why it did not run
     verdicts: dict[str, Verdict] = field(default_factory=dict)
-    copied: set[str] = field(default_factory=set)
+    similar: dict[str, Match] = field(default_factory=dict)  # exercise -> the closest reference (copy check)
+    solutions: dict[str, str] = field(default_factory=dict)  # exercise -> the solution cell's code
     answers: dict[str, str] = field(default_factory=dict)  # question grade_id -> the student's cell
     seconds: float = 0.0
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import importlib.util
+import importlib
 import json
 import os
 import secrets
@@ -37,6 +37,7 @@ from .collect import LabNotebook, nbgrader
 from .plain import PlainError, decode, encode
 from .results import ExerciseResult, QuestionResult, Run
 from .sandbox import Cgroup, Limits, bwrap_argv, make_cgroup, python_dirs, rlimit_prefix
+from .similarity import against_references
 
 PACKAGE = Path(__file__).resolve().parents[1]  # labutils/
 STAGED = ("__init__.py", "exercise.py", "errors.py", "instructor/__init__.py", "instructor/plain.py",
@@ -123,55 +124,6 @@ def import_lines(sources: list[str]) -> list[str]:
                     continue
                 lines.append(ast.unparse(node))
     return list(dict.fromkeys(lines))
-
-
-class _Renamed(ast.NodeTransformer):
-    """Argument and local names -> positional placeholders, so renaming does not hide a copy."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.names = {name: f"_v{n}" for n, name in enumerate(names)}
-
-    def visit_Name(self, node: ast.Name) -> ast.Name:
-        return ast.copy_location(ast.Name(self.names.get(node.id, node.id), node.ctx), node)
-
-
-def normalized_body(source: str, function: str) -> str | None:
-    """The body of ``def function`` in ``source`` without docstring, comments and names of its own; None if absent."""
-    try:
-        tree = ast.parse(python_source(source))
-    except SyntaxError:
-        return None
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function:
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                body = body[1:]
-            args = [a.arg for a in (*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs)]
-            assigned = [t.id for n in ast.walk(ast.Module(body=body, type_ignores=[])) if isinstance(n, ast.Assign)
-                        for t in n.targets if isinstance(t, ast.Name)]
-            module = ast.Module(body=body, type_ignores=[])
-            return ast.dump(_Renamed(list(dict.fromkeys(args + assigned))).visit(module), annotate_fields=False)
-    return None
-
-
-def reference_body(reference: str) -> str | None:
-    """The normalised body of the reference ``module:function`` (read from its source file, not run)."""
-    if not reference or ":" not in reference:
-        return None
-    module, function = reference.split(":", 1)
-    try:
-        spec = importlib.util.find_spec(module)
-        source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else None
-    except (ImportError, ValueError, OSError):
-        return None
-    return normalized_body(source, function) if source else None
-
-
-def copies_reference(code: str, exercise: Exercise) -> bool:
-    """Whether the solution's function body is the reference's, once normalised (the instructor judges)."""
-    reference = reference_body(exercise.reference)
-    return reference is not None and normalized_body(code, exercise.function) == reference
 
 
 # ---------------------------------------------------------------- cases and verdicts
@@ -478,8 +430,10 @@ async def score_notebook(submitted: nbformat.NotebookNode, lab: LabNotebook, run
         prelude = import_lines([c["source"] for c in cells[: where[0]] if c.get("cell_type") == "code"
                                 and isinstance(c.get("source"), str)])
         run.verdicts[exercise.grade_id] = await pool.score(exercise, code, prelude)
-        if copies_reference(code, exercise):
-            run.copied.add(exercise.grade_id)
+        run.solutions[exercise.grade_id] = code
+        match = against_references(code, dict(graded.references), exercise.function)
+        if match is not None:
+            run.similar[exercise.grade_id] = match
     for question in lab.questions:
         answers = [c["source"] for c in cells if nbgrader(c).get("grade_id") == question.grade_id
                    and isinstance(c.get("source"), str)]
@@ -492,8 +446,11 @@ def score(run: Run, lab: LabNotebook) -> tuple[list[ExerciseResult], list[Questi
     for graded in lab.exercises:
         grade_id = graded.exercise.grade_id
         found = run.verdicts.get(grade_id) or Verdict(False, run.notes[0] if run.notes else "not graded")
+        match = run.similar.get(grade_id)
         exercises.append(ExerciseResult(grade_id, lab.name, graded.points if found.passed else 0.0, graded.points,
-                                        found.passed, found.message, grade_id in run.copied))
+                                        found.passed, found.message, bool(match and match.flagged),
+                                        match.score if match else 0.0, match.source if match else "",
+                                        run.solutions.get(grade_id, "")))
     questions = [QuestionResult(q.grade_id, lab.name, q.points, run.answers.get(q.grade_id, "(not submitted)"),
                                 q.scheme) for q in lab.questions]
     return exercises, questions
