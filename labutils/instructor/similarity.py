@@ -33,6 +33,7 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
+import functools
 import importlib.util
 import io
 import itertools
@@ -52,6 +53,7 @@ W = 4  # winnowing window: the smallest hash of every W consecutive k-grams is k
 MIN_FINGERPRINTS = 30  # fewer in the reference (or the smaller answer, about 5 lines): too short to tell
 FLAG_SCORE = 0.7  # share of the reference's fingerprints in the solution from which it is flagged
 PAIR_SCORE = 0.7  # share of the smaller answer's fingerprints in the other from which a pair is listed
+MAX_SOURCE, MAX_BLOCK = 50_000, 300  # characters compared at most; statements of a block reordered at most
 COMMON_SHARE = 0.4  # a fingerprint in more than this share of the class (and 3 answers) is common, not copied
 BUILTINS = frozenset(dir(builtins))
 _FOLD = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -101,7 +103,9 @@ class _Simplify(ast.NodeTransformer):
 
     def visit_BinOp(self, node: ast.BinOp) -> ast.expr:
         self.generic_visit(node)
-        if isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant) and type(node.op) in _FOLD:
+        numbers = [getattr(n, "value", None) for n in (node.left, node.right)]
+        if all(type(v) in (int, float) and abs(v) < 1e12 for v in numbers) and type(node.op) in _FOLD \
+                and not (isinstance(node.op, ast.Pow) and abs(numbers[1]) > 64):  # 9 ** 9 ** 9 is never computed
             try:
                 value = _FOLD[type(node.op)](node.left.value, node.right.value)
                 if isinstance(value, (int, float)) and abs(value) < 1e12:
@@ -262,6 +266,8 @@ class _Blind(ast.NodeTransformer):
 
 def _canonical_order(body: list[ast.stmt], key) -> list[ast.stmt]:
     """The block's statements, those that do not depend on each other sorted by ``key`` (a topological sort)."""
+    if len(body) > MAX_BLOCK:
+        return body
     writes = [_names(s, ast.Store) for s in body]
     reads = [_names(s, ast.Load) for s in body]
     after = {j: {i for i in range(j) if isinstance(body[i], _ORDERED) or isinstance(body[j], _ORDERED)
@@ -281,6 +287,8 @@ def normal_form(source: str, entry: Optional[str] = None) -> Optional[str]:
     them. Without it, every top-level function counts."""
     from .scoring import python_source
 
+    if len(source) > MAX_SOURCE:
+        return None  # far longer than any answer: not compared (the report shows the code)
     try:
         tree = ast.parse(python_source(source))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -325,6 +333,7 @@ def tokens(source: str, entry: Optional[str] = None) -> list[str]:
     return found
 
 
+@functools.lru_cache(maxsize=4096)
 def fingerprints(source: str, entry: Optional[str] = None, k: int = K, w: int = W) -> frozenset[int]:
     """The winnowed hashes of the normal form's k-grams (MOSS: Schleimer, Wilkerson & Aiken, 2003)."""
     found = tokens(source, entry)
