@@ -1,11 +1,14 @@
 """The sample images: which they are, where they are found, how they arrive.
 
 The lab's test photos (the seed's "bull mastiff / tiger cat" picture and four
-others) are not committed to the repository: ``data/SOURCES.md`` lists each file
-with its source URL, and ``data/SHA256SUMS`` its SHA-256 checksum. A sample is
-looked for in the folder named by ``LABUTILS_DATA`` (if set), then in the
-repository's ``data/`` folder, and used only if its checksum matches; if it is
-nowhere, it is downloaded into ``data/`` and verified.
+others) are not committed to the repository: the manifest, shipped inside the
+package (``labutils/manifest/``, so an installed wheel has it too), lists each
+file with its source URL in ``SOURCES.md`` and its SHA-256 in ``SHA256SUMS``. A
+sample is looked for in the folder named by ``LABUTILS_DATA`` (if set), then in
+``data_dir()``, and used only if its checksum matches; if it is nowhere, it is
+downloaded into ``data_dir()`` and verified. ``data_dir()`` is the checkout's
+``data/`` folder (``pip install -e .``), or for an installed package, whose folder
+may be read-only (a hub image), ``~/.cache/labutils/data`` (``$XDG_CACHE_HOME``).
 
 ``python -m labutils fetch [--from DIR]`` gets everything ahead of time (both
 weight files and all samples), from the internet or by copying from a folder.
@@ -23,7 +26,8 @@ from labutils import weights
 from labutils.download import download_file, sha256_of
 from labutils.errors import DownloadError, ImageError, ImageNotFoundError, LabError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent  # the checkout (pip install -e .), or site-packages for an installed wheel
 DEFAULT_SAMPLE = "cat_dog.jpg"  # the seed's bull mastiff and tiger cat
 ARCHS = ("alexnet", "vgg16")
 
@@ -38,19 +42,27 @@ class SampleImage:
     notes: str
 
 
+def manifest_dir() -> Path:
+    """The package's ``manifest/`` folder: ``SOURCES.md`` and ``SHA256SUMS`` (package data, in the wheel too)."""
+    return PACKAGE_DIR / "manifest"
+
+
 def data_dir() -> Path:
-    """The repository's ``data/`` folder: it holds the manifest, and downloaded samples land there."""
-    return REPO_ROOT / "data"
+    """Where downloaded samples land: the checkout's ``data/``, or a per-user folder for an installed package."""
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / "data"
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "labutils" / "data"
 
 
 def sample_images() -> list[SampleImage]:
-    """The samples listed in ``data/SOURCES.md``, with their checksums from ``data/SHA256SUMS``."""
-    sources, sums = data_dir() / "SOURCES.md", data_dir() / "SHA256SUMS"
+    """The samples listed in the manifest's ``SOURCES.md``, with their checksums from its ``SHA256SUMS``."""
+    sources, sums = manifest_dir() / "SOURCES.md", manifest_dir() / "SHA256SUMS"
     for path in (sources, sums):
         if not path.is_file():
             raise LabError(
-                f"The sample manifest {path} is missing; use labutils from a checkout of the lab repository "
-                "(pip install -e .), where data/ holds SOURCES.md and SHA256SUMS"
+                f"The sample manifest {path} is missing: this labutils was installed without its data files; "
+                "reinstall it (pip install --force-reinstall --no-deps labutils, from the lab's release)"
             )
     checksums = {}
     for line in sums.read_text(encoding="utf-8").splitlines():
@@ -107,7 +119,7 @@ def fetch(from_dir: Path | None = None, *, progress: bool = True) -> list[Path]:
         if absent:
             raise ImageNotFoundError(
                 f"{from_dir} lacks the sample image(s) {', '.join(absent)}; copy them there "
-                "(sources in data/SOURCES.md) or run `python -m labutils fetch` without --from"
+                "(sources in labutils/manifest/SOURCES.md) or run `python -m labutils fetch` without --from"
             )
     paths = []
     for arch in ARCHS:
@@ -202,7 +214,7 @@ def _copy_verified(src: Path, dest: Path, sha256: str) -> Path:
         if digest != sha256:
             raise ImageError(
                 f"{src} is not the lab's {dest.name}: its SHA-256 is {digest}, expected {sha256}; "
-                "replace it with the original file (sources in data/SOURCES.md)"
+                "replace it with the original file (sources in labutils/manifest/SOURCES.md)"
             )
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)

@@ -3,7 +3,7 @@
 ``lab_status()`` looks, without downloading anything, at
 
 - the pretrained weight files of AlexNet and VGG-16 in the torch hub cache (``weights.cache_dir()``),
-- the sample images (``data.data_status()``: ``$LABUTILS_DATA``, then the repository's ``data/``),
+- the sample images (``data.data_status()``: ``$LABUTILS_DATA``, then ``data.data_dir()``),
 - the ``LABUTILS_WEIGHTS`` setting (``imagenet``, the default; ``random``: untrained on purpose; or a file),
 - the device (a CUDA GPU or the CPU) and the torch / torchvision versions,
 
@@ -156,7 +156,8 @@ def _todo(status: LabStatus) -> list[str]:
     missing = (["the weight files"] if needs_weights else []) + (["the sample images"] if status.missing_samples else [])
     steps = []
     if status.manifest_error:
-        steps.append("Run the lab from its repository checkout, installed with pip install -e . (see the README).")
+        steps.append("Reinstall labutils from the lab's release (its README, 'Set up'): the sample list ships inside "
+                     "the package, in labutils/manifest/.")
     if missing:
         what = " and ".join(missing)
         steps += [

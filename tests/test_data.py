@@ -1,7 +1,8 @@
 """labutils.data: the sample manifest, finding verified copies, downloading and fetching them.
 
-No test writes into the repository's data/ folder: ``data.data_dir`` is pointed at a
-temporary folder holding a copy of the manifest (or a manifest made for the test).
+No test writes into the repository's data/ folder: ``data.data_dir`` (where samples land) and
+``data.manifest_dir`` are pointed at a temporary folder holding a copy of the manifest (or a
+manifest made for the test).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from labutils.data import SampleImage, data_status, fetch, sample_images, sample
 from labutils.download import download_file
 from labutils.errors import DownloadError, ImageError, ImageNotFoundError, LabError, WeightsError
 
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"  # the real manifest, read-only here
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"  # where a checkout's downloads land
+MANIFEST = Path(__file__).resolve().parents[1] / "labutils" / "manifest"  # the real manifest, read-only here
 SHARED_DATA = os.environ.get("LABUTILS_DATA")  # read before any fixture unsets it
 CAT_DOG_SHA256 = "ec62e965a2699adb4d043c0468817062bc7aa5019358fdf8ececd104d3de36e8"
 
@@ -32,7 +34,7 @@ def shared_cat_dog() -> Path:
     for folder in candidates:
         if (folder / "cat_dog.jpg").is_file():
             return folder / "cat_dog.jpg"
-    url = next(row[1] for row in data._table_rows((REPO_DATA / "SOURCES.md").read_text()) if row[0] == "cat_dog.jpg")
+    url = next(row[1] for row in data._table_rows((MANIFEST / "SOURCES.md").read_text()) if row[0] == "cat_dog.jpg")
     try:
         return download_file(url, REPO_DATA / "cat_dog.jpg", sha256=CAT_DOG_SHA256, progress=False)
     except DownloadError as exc:
@@ -45,8 +47,9 @@ def repo_data(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "repo_data"
     folder.mkdir()
     for name in ("SOURCES.md", "SHA256SUMS"):
-        shutil.copy(REPO_DATA / name, folder / name)
+        shutil.copy(MANIFEST / name, folder / name)
     monkeypatch.setattr(data, "data_dir", lambda: folder)
+    monkeypatch.setattr(data, "manifest_dir", lambda: folder)
     monkeypatch.delenv("LABUTILS_DATA", raising=False)
     return folder
 
@@ -67,6 +70,7 @@ def made_up(tmp_path, monkeypatch) -> tuple[Path, dict[str, bytes]]:
     files = {"one.png": b"\x89PNG first file " * 300, "two.jpg": b"\xff\xd8 second file " * 500}
     write_manifest(folder, files, "http://127.0.0.1:9/")
     monkeypatch.setattr(data, "data_dir", lambda: folder)
+    monkeypatch.setattr(data, "manifest_dir", lambda: folder)
     monkeypatch.delenv("LABUTILS_DATA", raising=False)
     return folder, files
 
@@ -81,7 +85,7 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_manifest_lists_the_five_samples_with_their_checksums():
     samples = sample_images()
-    sums = dict(reversed(line.split()) for line in (REPO_DATA / "SHA256SUMS").read_text().splitlines() if line)
+    sums = dict(reversed(line.split()) for line in (MANIFEST / "SHA256SUMS").read_text().splitlines() if line)
     assert [s.name for s in samples] == [
         "cat_dog.jpg",
         "tabbycat_dog.jpg",
@@ -108,7 +112,7 @@ def test_manifest_without_a_checksum_is_reported(made_up):
 
 
 def test_missing_manifest_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "data_dir", lambda: tmp_path)
+    monkeypatch.setattr(data, "manifest_dir", lambda: tmp_path)
     with pytest.raises(LabError, match="manifest .*SOURCES.md is missing"):
         sample_images()
 

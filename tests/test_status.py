@@ -35,6 +35,7 @@ def lab(tmp_path, monkeypatch) -> Path:
     (repo_data / "SHA256SUMS").write_text(
         "".join(f"{hashlib.sha256(content).hexdigest()}  {name}\n" for name, content in SAMPLES.items()))
     monkeypatch.setattr(data, "data_dir", lambda: repo_data)
+    monkeypatch.setattr(data, "manifest_dir", lambda: repo_data)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     return tmp_path
 
@@ -157,7 +158,7 @@ def test_device_and_versions(lab, monkeypatch):
 
 
 def test_unreadable_manifest_is_reported(lab, monkeypatch):
-    (data.data_dir() / "SHA256SUMS").unlink()
+    (data.manifest_dir() / "SHA256SUMS").unlink()
     found = lab_status()
     assert found.samples == {} and "SHA256SUMS" in found.manifest_error
     text = report(found)

@@ -41,7 +41,9 @@ class KernelSetup:
 
 def _lab_folders() -> list[Path]:
     """What the notebooks read: the package, the sample images, the torch hub cache, matplotlib's font cache."""
-    folders = [PACKAGE, REPO_ROOT / "data"]
+    from ..data import data_dir
+
+    folders = [PACKAGE, data_dir()]
     if os.environ.get("LABUTILS_DATA", "").strip():
         folders.append(Path(os.environ["LABUTILS_DATA"]).expanduser().resolve())
     try:
