@@ -1,7 +1,9 @@
-"""The command line: ``python -m labutils {fetch,summary,explain,student,grade}``.
+"""The command line: ``python -m labutils {fetch,summary,explain,handin-check,student,release,grade}``.
 
     python -m labutils fetch [--from DIR]
+    python -m labutils handin-check notebooks/ --student alice          # before handing in
     python -m labutils student [--out student/]                       # the notebooks without solutions
+    python -m labutils release --out release/ [--install-from URL]    # the students' copy of the lab
     python -m labutils grade submissions/ [--out grades/] [--timeout 120] [--jobs 2] [--regrade alice]
     python -m labutils grade --marks marks.csv --out grades/          # merge the manual marks
     python -m labutils grade --out grades/ --roster roster.csv --export canvas   # canvas.csv (or moodle.csv)
@@ -222,16 +224,43 @@ def summary(args: argparse.Namespace) -> None:
     print_summary(args.model, seed_layout=not args.plain)
 
 
+def instructor_tools() -> None:
+    """The instructor's commands need labutils.instructor, which the students' copy does not ship."""
+    import importlib.util
+
+    if importlib.util.find_spec("labutils.instructor") is None:
+        raise LabError("this is the students' copy of labutils: the instructor's tools (student, release, grade) "
+                       "are not in it; run them from the lab's repository")
+
+
 def student(args: argparse.Namespace) -> None:
     """Write the student versions of the notebooks."""
+    instructor_tools()
     from .instructor.student import default_notebooks, make_student_versions
 
     for path in make_student_versions([Path(p) for p in args.notebooks] or default_notebooks(), Path(args.out)):
         print(path)
 
 
+def release(args: argparse.Namespace) -> None:
+    """Write the students' copy of the lab."""
+    instructor_tools()
+    from .instructor.release import make_release
+
+    version = make_release(Path(args.out), args.install_from)
+    print(f"wrote the students' copy of the lab, release {version}, to {args.out}")
+
+
+def handin_check(args: argparse.Namespace) -> int:
+    """Check the notebooks a student is about to hand in."""
+    from .handin import handin_check as check
+
+    return check([Path(p) for p in args.notebooks], student=args.student)
+
+
 def grade(args: argparse.Namespace) -> None:
     """Grade submitted notebooks (grades.csv, one HTML report per student), or merge manual marks; export."""
+    instructor_tools()
     from .instructor.grading import grade as grade_all, merge_marks
 
     roster = None
@@ -290,6 +319,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="default: the lab's notebooks/*.ipynb")
     p.add_argument("--out", default="student", metavar="DIR", help="output folder (default: student)")
     p.set_defaults(run=student)
+    p = commands.add_parser("release", help="write the students' copy of the lab (notebooks, package, platform files)")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    p.add_argument("--install-from", default=None, metavar="LOCATION",
+                   help="where the notebooks' first cell installs labutils when it is missing (Colab): a git URL, "
+                        "a wheel URL or a path")
+    p.set_defaults(run=release)
+    p = commands.add_parser("handin-check", help="before handing in: exercises, unanswered questions, file names")
+    p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK", help="your notebooks, or the folder holding them")
+    p.add_argument("--student", default=None, help="your id, as the hand-in names start (e.g. alice)")
+    p.set_defaults(run=handin_check)
     p = commands.add_parser("grade", help="score submitted notebooks in a sandbox, write reports and grades.csv")
     p.add_argument("submissions", nargs="*", metavar="SUBMISSION", help="notebooks or folders of notebooks")
     p.add_argument("--out", default="grades", metavar="DIR", help="output folder (default: grades)")
