@@ -98,7 +98,7 @@ def release_version(notebooks: dict[str, nbformat.NotebookNode], package: Path =
 
 def setup_cell_source(install_from: str | None, version: str) -> str:
     """The first code cell of a release notebook: installs labutils where it is missing, or says what to do."""
-    deps = {pip: module for pip, module in SMALL_DEPS.items()}
+    deps = dict(SMALL_DEPS)
     return f'''# Set-up. Where labutils is installed (your laptop, a hub, Binder) this cell does nothing. Where it is not
 # (Google Colab), it installs it once from the place your instructor chose, without touching torch.
 LAB_RELEASE = {version!r}
@@ -117,8 +117,8 @@ def _set_up_the_lab():
     if not LAB_INSTALL_FROM:
         return print(f"labutils is not installed here: in a terminal, in the lab's folder, run "
                      f"{{sys.executable}} -m pip install . ({{readme}}), then restart the kernel.")
-    print(f"Installing labutils (release {{LAB_RELEASE}}) from {{LAB_INSTALL_FROM}} ...")
-    missing = [pip for pip, module in {deps!r}.items() if importlib.util.find_spec(module) is None]
+    small = {deps!r}
+    missing = [pip for pip, module in small.items() if importlib.util.find_spec(module) is None]
     for command in ([LAB_INSTALL_FROM, "--no-deps"], missing):
         if not command:
             continue
@@ -129,14 +129,15 @@ def _set_up_the_lab():
         except (OSError, subprocess.SubprocessError) as error:
             failed = str(error)
         if failed:
-            why = failed.splitlines()[-1][:200]
+            said = [line for line in failed.splitlines() if line.strip()]
+            why = ([line for line in said if line.startswith("ERROR")] or said)[-1][:200]
             return print(f"labutils could not be installed from {{LAB_INSTALL_FROM}} (pip: {{why}}); check the "
                          f"address with your instructor, or {{readme}}.")
     importlib.invalidate_caches()
     if importlib.util.find_spec("labutils") is None:
         return print(f"labutils was installed but this kernel cannot see it: restart the kernel "
                      "(Runtime -> Restart session on Colab) and run the notebook again.")
-    print("labutils installed: go on with the next cell.")
+    print(f"labutils (release {{LAB_RELEASE}}) installed from {{LAB_INSTALL_FROM}}: go on with the next cell.")
 
 
 _set_up_the_lab()
