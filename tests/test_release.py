@@ -178,3 +178,33 @@ def release_handin(items: list[Path], lines: list[str]) -> int:
     from labutils.handin import handin_check
 
     return handin_check(items, student="alice", out=lines.append)
+
+
+def test_the_grader_reads_the_release_back_and_notes_another_one(made, tmp_path, monkeypatch):
+    import asyncio
+
+    from labutils.instructor import grading
+
+    out, version = made
+    assert release.current_release(REPO / "notebooks") == version  # what the grader expects: this release
+    ours = nbformat.read(out / "notebooks" / "03_gradcam_math.ipynb", as_version=4)
+    older = nbformat.from_dict(ours)
+    older.metadata["labutils"]["release"] = "0.0.9+0123456789"
+    handout = release.student_version(nbformat.read(REPO / "notebooks" / "03_gradcam_math.ipynb", as_version=4))
+    assert release.release_note(ours, version) is None
+    assert release.release_note(handout, version) is None  # `student` handouts carry no release: nothing to say
+    note = release.release_note(older, version)
+    assert note.startswith(f"made from release 0.0.9+0123456789, not the current release {version}")
+
+    async def nothing(*args, **kw):  # the wiring only: no kernel, no scoring
+        return None
+
+    monkeypatch.setattr(grading, "execute", nothing)
+    monkeypatch.setattr(grading, "score_notebook", nothing)
+    notes = {}
+    for label, nb in (("ours", ours), ("older", older)):
+        path = tmp_path / f"{label}_03_gradcam_math.ipynb"
+        nbformat.write(nb, path)
+        run = asyncio.run(grading.grade_notebook("03_gradcam_math.ipynb", [path], None, None, None, version))
+        notes[label] = run.notes
+    assert notes == {"ours": [], "older": [note]}

@@ -63,6 +63,7 @@ from .report import FIGURE_CAP, STYLE, report_html
 from .results import ExerciseResult, GradeResult, QuestionResult, Run
 from .sandbox import NO_SANDBOX_WARNING, Limits, bwrap_works, cgroups_work, INSTALL_HINT
 from .scoring import ScoringPool, ScoringSetup, Verdict, not_submitted, score, score_notebook
+from .release import current_release, release_note
 from .student import REPO_ROOT
 
 __all__ = [  # the stages' names, importable from here as before the split
@@ -76,8 +77,10 @@ __all__ = [  # the stages' names, importable from here as before the split
 
 
 async def grade_notebook(name: str, paths: list[Path], lab: LabNotebook, settings: Settings,
-                         pool: ScoringPool) -> Run:
-    """Read, score and execute one submitted notebook (never raises for what the submission does)."""
+                         pool: ScoringPool, release: str | None = None) -> Run:
+    """Read, score and execute one submitted notebook (never raises for what the submission does).
+
+    ``release``: the current release's version; a notebook made from another release gets a note."""
     began = time.monotonic()
     if len(paths) > 1:
         return Run(name, None, [f"{len(paths)} files claim this notebook: {', '.join(map(str, paths))}; none was "
@@ -88,7 +91,8 @@ async def grade_notebook(name: str, paths: list[Path], lab: LabNotebook, setting
         return Run(name, None, [f"{paths[0].name} could not be read as a notebook: {type(error).__name__}: "
                                 f"{' '.join(str(error).split())[:300]}"])
     nb, notes = runnable_copy(submitted)
-    run = Run(name, nb, notes)
+    other = release_note(submitted, release)
+    run = Run(name, nb, notes + ([other] if other else []))
     rundir = Path(tempfile.mkdtemp(prefix="labutils-kernel-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK)
                                    else None))
     try:
@@ -163,7 +167,8 @@ def grade(
     every = tuple(sorted({m for notebook in lab.values() for g in notebook.exercises for m in g.exercise.modules}))
     pool_setup = ScoringSetup(sandbox, Limits(memory=int(min(memory, 2.0) * 2**30), pids=64), hidden, cgroups, 1,
                               score_timeout, every)
-    results = run_sync(_run_all)(todo, students, lab, settings, pool_setup, jobs, out_dir, done, progress)
+    release = current_release(Path(instructor_dir))
+    results = run_sync(_run_all)(todo, students, lab, settings, pool_setup, jobs, out_dir, done, progress, release)
     return [results[s] for s in sorted(students) if s in results]
 
 
@@ -181,7 +186,7 @@ def _fetch_samples() -> None:
 
 async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook], settings: Settings,
                    pool_setup: ScoringSetup, jobs: int, out_dir: Path, done: dict[str, GradeResult],
-                   progress: bool) -> dict[str, GradeResult]:
+                   progress: bool, release: str | None = None) -> dict[str, GradeResult]:
     """Grade the students of ``todo``, ``jobs`` notebooks at a time; save each one as soon as it is known."""
     slots = asyncio.Semaphore(jobs)
     pool = ScoringPool(pool_setup)
@@ -193,7 +198,7 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
     async def notebook(name: str, paths: list[Path]) -> Run:
         async with slots:
             try:
-                return await grade_notebook(name, paths, lab[name], settings, pool)
+                return await grade_notebook(name, paths, lab[name], settings, pool, release)
             except Exception as error:  # whatever went wrong, the other notebooks are still graded
                 return Run(name, None, [f"grading {name} failed: {type(error).__name__}: {error}"])
             finally:

@@ -163,6 +163,24 @@ def notebook_release(nb: dict) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def current_release(instructor_dir: Path) -> str | None:
+    """The version a release made now from ``instructor_dir`` and this labutils would have (None: cannot tell)."""
+    try:
+        paths = sorted(Path(instructor_dir).glob("*.ipynb"))
+        return release_version({p.name: student_version(nbformat.read(p, as_version=4), p.name) for p in paths})
+    except Exception:  # an unreadable notebook is reported by the grader's own checks
+        return None
+
+
+def release_note(submitted: dict, expected: str | None) -> str | None:
+    """The grader's note for a submission made from another release than ``expected`` (None: same, or unknown)."""
+    found = notebook_release(submitted)
+    if expected is None or found is None or found == expected:
+        return None
+    return (f"made from release {found}, not the current release {expected}: the student worked in another copy "
+            "of the lab (an older release?); check the exercises and questions against that release")
+
+
 # ---------------------------------------------------------------- the platform files
 
 
