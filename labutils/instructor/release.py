@@ -61,11 +61,14 @@ SMALL_DEPS = {"numpy": "numpy", "pillow": "PIL", "matplotlib": "matplotlib", "tq
 
 
 def package_files(package: Path = PACKAGE) -> list[Path]:
-    """The files of the students' package (relative to ``package``): everything but the instructor's tools."""
+    """The files of the students' package (relative to ``package``): its modules and the sample manifest, not the
+    instructor's tools (nor stray files: caches, editor backups)."""
     files = []
     for path in sorted(package.rglob("*")):
         relative = path.relative_to(package)
-        if path.is_file() and relative.parts[0] not in NOT_SHIPPED and not SKIPPED_FILES.search(str(relative)):
+        wanted = path.suffix == ".py" or relative.parts[0] == "manifest"
+        if path.is_file() and wanted and relative.parts[0] not in NOT_SHIPPED \
+                and not SKIPPED_FILES.search(str(relative)):
             files.append(relative)
     return files
 
@@ -248,6 +251,10 @@ def readme_text(version: str, install_from: str | None, torch_pins: tuple[str, s
     torch, vision = torch_pins
     source = install_from or "(none given: ask your instructor)"
     listing = "\n".join(f"- `notebooks/{n}`" for n in notebooks)
+    from ..checks import EXERCISES
+
+    graded = sorted({e.notebook for e in EXERCISES})
+    numbers = ", ".join(n[:2] for n in graded[:-1]) + f" and {graded[-1][:2]}"
     return f"""# The Grad-CAM lab (students' copy, release {version})
 
 This folder is the lab as you work on it: the notebooks with the exercises to write, and `labutils`, the small
@@ -285,7 +292,7 @@ Anywhere, the first cell of each notebook checks that labutils is there and says
 
 ## Hand in
 
-Notebooks 01, 02, 03, 04 and 06 hold graded exercises and questions. Hand in those files, named
+Notebooks {numbers} hold the graded exercises and questions. Hand in those files, named
 `<your id>_<notebook name>` (for example `alice_03_gradcam_math.ipynb`) or kept under their own names in a folder
 named after you (`alice/03_gradcam_math.ipynb`). Before you do, run
 
