@@ -316,7 +316,7 @@ ROUND_THREE = [
     ("cam-no-z-hides-the-answer", "cam", "def my_cam(net, x, c):\n    a = net.features(x).detach()\n"
      "    return F.relu((net.classifier.weight[c].detach()[:, None, None] * a).sum(dim=-3))\n",
      "a factor Z = ", ("w_k^c / Z", "w/Z")),
-    ("cost-pool-default-stride", "layer_cost", POOL_STRIDE_1, "the spec gives no stride", ()),
+    ("cost-pool-default-stride", "layer_cost", POOL_STRIDE_1, "the spec gives no stride, and you used 1", ()),
     ("gradcam-calls-labutils", "gradcam", "def my_gradcam(model, x, c, layer, steps):\n"
      "    return labutils.gradcam(model, x, c, layer).maps[:, 0]\n", "build Grad-CAM from the steps", ()),
     ("gradcam-imports-labutils-gradcam", "gradcam", "def my_gradcam(model, x, c, layer, steps):\n"

@@ -103,8 +103,8 @@ def diagnose_cost(case: Case, got: object) -> Optional[str]:
             ceil = tuple(int(v) for v in (out[0], -(-(in_shape[1] + 2 * p - k) // s) + 1, -(-(in_shape[2] + 2 * p - k) // s) + 1))
             stride_1 = tuple(int(v) for v in (out[0], in_shape[1] + 2 * p - k + 1, in_shape[2] + 2 * p - k + 1))
             if spec["kind"] == "maxpool" and "stride" not in spec and tuple(got_out) == stride_1:
-                hint = " — the spec gives no stride: what is nn.MaxPool2d's stride when you leave it out? (see its " \
-                       "documentation)"
+                hint = " — the spec gives no stride, and you used 1: see the table of spec kinds for a max " \
+                       "pooling's default stride"
             elif tuple(got_out) == no_pad and p:
                 hint = f" — you left out the padding: (H + 2·{p} - {k}) // {s} + 1"
             elif tuple(got_out) == ceil:
