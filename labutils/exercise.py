@@ -18,10 +18,13 @@ This module holds no answer: it is safe to import beside the student's code.
 
 from __future__ import annotations
 
+import re
+import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -73,6 +76,7 @@ class Exercise:
     diagnose: Callable[[Case, Outcome], Optional[str]]  # None: right; else the cause in one line (grader side)
     solution_id: str = ""  # grade_id of the solution cell; default f"{grade_id}-solution"
     reference: str = ""  # "module:function" of the reference implementation; a solution that copies it is flagged
+    forbidden: tuple[str, ...] = ()  # "module:function" ("module:*": any) the solution must not call (see ``call``)
 
     @property
     def solution_grade_id(self) -> str:
@@ -103,17 +107,94 @@ def _where(fn: Callable, err: BaseException) -> str:
     return f" (line {frame.lineno - code.co_firstlineno + 1} of {name}: {(frame.line or '').strip()})"
 
 
-def call(fn: Callable, case: Case) -> Outcome:
-    """Call ``fn`` on the case's arguments (tensors copied, Nets built) and record what it did."""
+def python_scalars(value: Any) -> Any:
+    """``value`` with numpy scalars (``np.prod``'s int64, ``np.float32``) as Python's int / float, inside tuples,
+    lists and dicts too: they are right answers, and plain data for the grader. Arrays stay arrays."""
+    if isinstance(value, tuple) and type(value) is tuple:
+        return tuple(python_scalars(v) for v in value)
+    if type(value) is list:
+        return [python_scalars(v) for v in value]
+    if type(value) is dict:
+        return {k: python_scalars(v) for k, v in value.items()}
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        item = value.item()
+        return item if type(item) in (int, float, bool) else value
+    return value
+
+
+FORBIDDEN = "Forbidden: "  # an Outcome.error that starts so: the function called what ``forbidden`` names
+
+
+@contextmanager
+def _watching(forbidden: tuple[str, ...], called: list[str]) -> Iterator[None]:
+    """Record in ``called`` each call, made under this block, of a Python function that ``forbidden`` names.
+
+    A profile function (``sys.setprofile``) sees every Python call, however the function was reached: an
+    imported name, ``labutils.gradcam``, ``Tensor.backward()`` (which calls ``torch.autograd.backward``).
+    """
+    if not forbidden:
+        yield
+        return
+    wanted = [tuple(entry.split(":", 1)) for entry in forbidden]
+    names = {name for _, name in wanted}
+    previous = sys.getprofile()
+
+    def watch(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call" and not called:
+            name = frame.f_code.co_name
+            if name in names or "*" in names:
+                module = frame.f_globals.get("__name__", "")
+                if any(module == m and n in (name, "*") for m, n in wanted):
+                    called.append(f"{module}.{name}")
+
+    sys.setprofile(watch)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+
+
+def _forbidden_in(message: str, forbidden: tuple[str, ...]) -> Optional[str]:
+    """The forbidden function an error shows the solution reaching for, where the grader's sandbox stopped it
+    before the call (a module it may not import, a name it does not have): ``labutils.gradcam`` or None."""
+    for entry in forbidden:
+        module, name = entry.split(":", 1)
+        if name == "*" or name.startswith("_"):
+            continue
+        if module in message and ("ModuleNotFoundError" in message or "ImportError" in message):
+            return f"{module}.{name}"
+        quoted = re.search(r"\(line \d+ of [\w.<>]+: (.*)\)$", message)
+        line = quoted.group(1) if quoted else ""
+        for prefix in re.findall(rf"([\w.]*?)\b{re.escape(name)}\s*\(", line):
+            if not prefix.endswith("steps.") and "my_" not in prefix:  # steps.gradcam is the sweep's own
+                return f"{module}.{name}"
+    return None
+
+
+def call(fn: Callable, case: Case, forbidden: tuple[str, ...] = ()) -> Outcome:
+    """Call ``fn`` on the case's arguments (tensors copied, Nets built) and record what it did.
+
+    ``forbidden``: functions ("module:function", "module:*") the solution must not call, e.g. ``labutils.gradcam``
+    in the exercise that builds Grad-CAM from its steps, or autograd's backward pass in one that must do without.
+    A call to one (or an error that shows the solution reaching for one) is the Outcome's error,
+    ``"Forbidden: module.function"``, whatever the function returned.
+    """
     args = [a.build() if isinstance(a, Net) else a for a in case.args]
     copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    called: list[str] = []
     try:
-        result = fn(*copies)
+        with _watching(tuple(forbidden), called):
+            result = fn(*copies)
     except NotImplementedError:
         return Outcome(None, "NotImplementedError")
     except Exception as err:  # the student's error, reported as one line
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        return Outcome(None, f"{type(err).__name__}: {message}{_where(fn, err)}")
+        error = f"{type(err).__name__}: {message}{_where(fn, err)}"
+        reached = called[0] if called else _forbidden_in(error, tuple(forbidden))
+        return Outcome(None, FORBIDDEN + reached if reached else error)
+    if called:
+        return Outcome(None, FORBIDDEN + called[0])
+    result = python_scalars(result)
     changed = tuple(
         i for i, (a, c) in enumerate(zip(args, copies))
         if isinstance(a, torch.Tensor) and not (a.shape == c.shape and torch.equal(a, c.detach()))

@@ -14,7 +14,8 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
-CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+CHECK_TAG = "nbval-check-output"  # nbval reads the tag; students do not see it in the cell
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"  # nbval's comment form: not in the notebooks
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUDENT_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 SEQUENCE = ["00_", "01_", "02_", "03_", "04_", "05_", "06_"]
@@ -25,7 +26,7 @@ def load(path: Path) -> nbformat.NotebookNode:
 
 
 def is_checked(cell) -> bool:
-    return cell.cell_type == "code" and cell.source.lstrip().startswith(CHECK_MARK)
+    return cell.cell_type == "code" and CHECK_TAG in cell.metadata.get("tags", [])
 
 
 def is_check_cell(cell) -> bool:
@@ -70,6 +71,7 @@ def test_outputs_only_in_checked_cells(path: Path):
         if cell.cell_type != "code":
             continue
         where = f"{path.name} cell {index} ({cell.source.splitlines()[0][:50] if cell.source else 'empty'!r})"
+        assert CHECK_MARK not in cell.source, f"{where}: {CHECK_MARK} shown to students; tag the cell {CHECK_TAG}"
         if is_checked(cell):
             # nbval skips the comparison of a cell whose stored execution_count is null
             assert cell.execution_count is not None and cell.outputs, f"{where}: checked cell without its output"
@@ -78,7 +80,7 @@ def test_outputs_only_in_checked_cells(path: Path):
             names = {o.get("name") for o in cell.outputs if o.output_type == "stream"}
             assert "stderr" not in names, f"{where}: stderr (a warning?) in a checked cell's output"
         else:
-            assert cell.outputs == [], f"{where}: has outputs; only {CHECK_MARK} cells keep theirs"
+            assert cell.outputs == [], f"{where}: has outputs; only cells tagged {CHECK_TAG} keep theirs"
             assert cell.execution_count is None, f"{where}: has an execution count"
         assert "execution" not in cell.metadata, f"{where}: timing metadata"
 
@@ -134,7 +136,7 @@ def test_exercises_are_well_formed(path: Path):
             where = f"{path.name} cell {index}"
             before = cells[index - 1] if index > 0 else None
             assert before is not None and is_solution_cell(before), f"{where}: check cell not preceded by a solution"
-            assert is_checked(cell), f"{where}: a check cell's first line must be {CHECK_MARK}"
+            assert is_checked(cell), f"{where}: a check cell must be tagged {CHECK_TAG} (nbval compares its output)"
             meta = cell.metadata.get("nbgrader")
             assert meta is not None, f"{where}: check cell without nbgrader metadata"
             assert meta.get("grade") is True and meta.get("solution") is False and meta.get("locked") is True

@@ -37,7 +37,7 @@ def test_refresh_keeps_only_checked_outputs(tmp_path, monkeypatch):
             "# NBVAL_CHECK_OUTPUT\nimport sys\nprint(os.environ['LABUTILS_WEIGHTS'], pathlib.Path.cwd().name, x)\n"
             "sys.stdout.flush()\nprint('second line')"
         ),
-        new_code_cell("# NBVAL_CHECK_OUTPUT\nx + 1"),
+        new_code_cell("x + 1", metadata={"tags": ["nbval-check-output"]}),
         new_code_cell("x * 2"),
     )
     assert refresh_notebooks.main([str(path)]) == 0
@@ -48,6 +48,7 @@ def test_refresh_keeps_only_checked_outputs(tmp_path, monkeypatch):
     assert code[0].outputs == [] and code[0].execution_count is None  # stale output removed
     assert code[3].outputs == [] and code[3].execution_count is None
     assert code[1].execution_count is not None
+    assert code[1].source.startswith("import sys") and code[1].metadata.tags == ["nbval-check-output"]  # moved
     # env LABUTILS_WEIGHTS=random, cwd = notebooks/; the two prints joined into one stream output
     assert [(o.output_type, o.text) for o in code[1].outputs] == [("stream", "random notebooks 42\nsecond line\n")]
     result = code[2].outputs[0]

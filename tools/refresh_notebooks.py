@@ -7,10 +7,12 @@ For each notebook given:
 1. execute it top to bottom with nbclient (kernel ``python3``, ``LABUTILS_WEIGHTS=random`` as in CI,
    the working directory is the notebook's folder, ``notebooks/``); ``LABUTILS_DATA`` and the other
    variables are passed on from your environment;
-2. keep the outputs and the execution count of the cells whose first line is ``# NBVAL_CHECK_OUTPUT``
-   (nbval compares them in CI; an ``execute_result`` keeps the count of its cell; consecutive prints
-   to the same stream are joined, as nbval joins them); clear the outputs and execution count of
-   every other cell, and the timing metadata nbclient adds;
+2. keep the outputs and the execution count of the cells tagged ``nbval-check-output`` (nbval compares
+   them in CI; an ``execute_result`` keeps the count of its cell; consecutive prints to the same stream
+   are joined, as nbval joins them); clear the outputs and execution count of every other cell, and the
+   timing metadata nbclient adds. A cell whose first line is nbval's comment ``# NBVAL_CHECK_OUTPUT``
+   gets the tag instead of the line: students never see the marker (JupyterLab shows tags only in the
+   property inspector);
 3. drop widget state (``metadata.widgets``) and the machine-specific ``language_info``, set the
    kernelspec to ``python3``;
 4. validate it and write it back with nbformat (a notebook whose run fails is not written).
@@ -31,14 +33,28 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
+CHECK_TAG = "nbval-check-output"  # nbval reads it from the cell's metadata.tags
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"  # the same marker as a first line: moved into the tag
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 CELL_TIMEOUT_S = 600
 
 
 def is_checked(cell: nbformat.NotebookNode) -> bool:
-    """A code cell whose output nbval compares: its first line is ``# NBVAL_CHECK_OUTPUT``."""
-    return cell.cell_type == "code" and cell.source.lstrip().startswith(CHECK_MARK)
+    """A code cell whose output nbval compares: tagged ``nbval-check-output`` (or, not yet moved, its first line
+    is ``# NBVAL_CHECK_OUTPUT``)."""
+    return cell.cell_type == "code" and (CHECK_TAG in cell.metadata.get("tags", [])
+                                         or cell.source.lstrip().startswith(CHECK_MARK))
+
+
+def tag_checked(cell: nbformat.NotebookNode) -> None:
+    """Move a first-line ``# NBVAL_CHECK_OUTPUT`` into the cell's tags (what nbval reads), out of students' sight."""
+    if cell.cell_type == "code" and cell.source.lstrip().startswith(CHECK_MARK):
+        first, _, rest = cell.source.lstrip().partition("\n")
+        if first.strip() == CHECK_MARK:
+            cell.source = rest
+            tags = cell.metadata.setdefault("tags", [])
+            if CHECK_TAG not in tags:
+                tags.append(CHECK_TAG)
 
 
 def execute(nb: nbformat.NotebookNode, folder: Path) -> None:
@@ -98,6 +114,8 @@ def strip(nb: nbformat.NotebookNode) -> list[str]:
 def refresh(path: Path) -> float:
     """Execute, strip and rewrite one notebook; return the seconds its run took."""
     nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tag_checked(cell)
     started = time.perf_counter()
     execute(nb, path.resolve().parent)
     seconds = time.perf_counter() - started

@@ -6,7 +6,8 @@ exercise's fixed cases through ``labutils.exercise.call`` and the same diagnosis
 line: ``PASS: alpha — <what was verified>`` or ``FAIL: alpha, on <case>: <the cause>``.
 
 A failing check does not stop the notebook: "Run All" goes on, and the later cells use labutils'
-reference where they needed your function (``yours_or_reference``). It raises ``ExerciseError``
+reference where they needed your function (``yours_or_reference``); a passing function's results reach them in
+float32 (``as_the_lab_uses_it``), whatever dtype it computed in. It raises ``ExerciseError``
 instead when the checks must count as failed cells:
 
 - under nbgrader's autograder or validator (``NBGRADER_EXECUTION`` is ``autograde`` or ``validate``),
@@ -24,13 +25,14 @@ The exercises, one module per notebook:
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from ..exercise import Exercise, call
+from ..exercise import Exercise, call, python_scalars
 from . import architectures, gradcam_math, guided, hooks, trust
 
 EXERCISES: list[Exercise] = [
@@ -87,7 +89,7 @@ def diagnose(exercise: Exercise, fn: Callable) -> Optional[str]:
                f"not {type(fn).__name__}"  # fmt: skip
     with _one_thread():
         for case in exercise.cases(None):
-            cause = exercise.diagnose(case, call(fn, case))
+            cause = exercise.diagnose(case, call(fn, case, exercise.forbidden))
             if cause and cause.startswith("not implemented yet"):
                 return f"{exercise.grade_id}: {cause}"
             if cause:
@@ -115,11 +117,33 @@ def passed(grade_id: str, fn: Callable) -> bool:
     return _passed.get(grade_id) is fn
 
 
+def as_the_lab_uses_it(value: Any) -> Any:
+    """A passing answer's result in the form the later cells use: float tensors detached and in float32 (a right
+    answer may compute in float64, or keep the autograd graph), numpy scalars as Python numbers; inside tuples and
+    lists too. The values are unchanged, up to float32 rounding."""
+    value = python_scalars(value)
+    if type(value) is torch.Tensor:
+        value = value.detach()
+        return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
+    if type(value) in (tuple, list):
+        return type(value)(as_the_lab_uses_it(v) for v in value)
+    return value
+
+
 def yours_or_reference(grade_id: str, fn: Callable, reference: Callable) -> tuple[Callable, str]:
-    """``(fn, "your my_alpha")`` if ``fn`` passed its check, else ``(reference, "labutils' reference ...")``:
-    what later cells use, and the words that say which implementation drew a figure."""
+    """``(your function, "your my_alpha")`` if ``fn`` passed its check, else ``(reference, "labutils' reference
+    ...")``: what later cells use, and the words that say which implementation drew a figure.
+
+    Your function comes back wrapped: what it returns goes through ``as_the_lab_uses_it`` (float32, detached,
+    Python numbers), so a right answer that computes in float64 or returns numpy integers never stops a later cell.
+    """
     if passed(grade_id, fn):
-        return fn, f"your {BY_ID[grade_id].function}"
+
+        @functools.wraps(fn)
+        def yours(*args: Any, **kwargs: Any) -> Any:
+            return as_the_lab_uses_it(fn(*args, **kwargs))
+
+        return yours, f"your {BY_ID[grade_id].function}"
     return reference, f"labutils' reference (your {BY_ID[grade_id].function} has not passed its check)"
 
 

@@ -10,21 +10,29 @@ from typing import Optional
 
 import torch
 
-from ..exercise import Case, Outcome
+from ..exercise import FORBIDDEN, Case, Outcome
 
 Mistake = tuple[Callable[[], torch.Tensor], str]  # (the result of a known mistake, what to tell the student)
 Specific = Callable[[Case, object], Optional[str]]  # an exercise's own diagnosis of a result
 
 
-def diagnosis(function: str, specific: Specific, *, hooks_matter: bool = False) -> Callable[[Case, Outcome], Optional[str]]:
-    """An exercise's ``diagnose``: what the call itself did wrong first (raised, changed its inputs,
-    left hooks), then the exercise's own comparison of the result with the reference."""
+def diagnosis(function: str, specific: Specific, *, hooks_matter: bool = False, forbidden: str = "",
+              errors: Mapping[str, str] | None = None) -> Callable[[Case, Outcome], Optional[str]]:
+    """An exercise's ``diagnose``: what the call itself did wrong first (called what the exercise forbids,
+    raised, changed its inputs, left hooks), then the exercise's own comparison of the result with the reference.
+
+    ``forbidden``: why the exercise forbids what its ``Exercise.forbidden`` names (the rest of the sentence after
+    "my_x called labutils.gradcam.gradcam: "). ``errors``: a fragment of an error message -> the likely cause,
+    added to the message of an error that contains it."""
 
     def diagnose(case: Case, outcome: Outcome) -> Optional[str]:
         if outcome.error == "NotImplementedError":
             return f"not implemented yet — write {function} above"
+        if outcome.error and outcome.error.startswith(FORBIDDEN):
+            return f"{function} called {outcome.error[len(FORBIDDEN):]}: {forbidden or 'this exercise forbids it'}"
         if outcome.error:
-            return f"{function} raised {outcome.error}"
+            hint = next((text for fragment, text in (errors or {}).items() if fragment in outcome.error), "")
+            return f"{function} raised {outcome.error}" + (f" — {hint}" if hint else "")
         if outcome.changed_inputs:
             i = outcome.changed_inputs[0]
             return (f"{function} changed its input number {i + 1} in place (an inplace operation such as relu_, "
@@ -62,7 +70,13 @@ def index(flat_index: int, shape: torch.Size) -> tuple[int, ...]:
     return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_index), shape))
 
 
-def shape_hint(got: torch.Size, expected: torch.Size) -> str:
+def shape_hint(got: torch.Size, expected: torch.Size, axes: Sequence[str] | None = None) -> str:
+    """Why a shape may be wrong. ``axes`` names the expected dimensions when they are not (…, height, width)."""
+    if axes is not None:
+        names = f"({', '.join(axes)})"
+        if sorted(got) == sorted(expected) and len(set(expected)) == len(expected):
+            return f" (the dimensions are in the wrong order: {names})"
+        return f" (the dimensions are {names})"
     if len(got) == len(expected) >= 2 and got[:-2] == expected[:-2] and (got[-2], got[-1]) == (expected[-1], expected[-2]):
         return " (height and width swapped: sizes are (height, width), x.shape[-2:])"
     if [s for s in got if s != 1] == [s for s in expected if s != 1]:
@@ -84,13 +98,15 @@ def compare(
     nonnegative: bool = False,
     nan_hint: str = "",
     atol: float | None = None,
+    axes: Sequence[str] | None = None,
 ) -> Optional[str]:
     """How ``got`` differs from ``expected``, in one line; None when they match.
 
     In order: type, dtype, shape, NaN/inf, match, the known ``mistakes`` of this exercise (each a
     function computing the wrong result and the sentence to show), sign flipped, wrong scale (named
     when the constant is in ``scales``), negative values where a ReLU should have removed them, and
-    finally the first wrong element. ``what`` is a noun phrase: "alpha", "the map".
+    finally the first wrong element. ``what`` is a noun phrase: "alpha", "the map". ``axes`` names the
+    dimensions of a result that is not a map, e.g. ("layers", "images"), for the message of a wrong shape.
     """
     if type(got) is not torch.Tensor:
         return f"wrong type: {what} should be a torch.Tensor, got {type(got).__name__}"
@@ -102,7 +118,7 @@ def compare(
             if alternative.shape == got.shape and close(got.detach().double(), alternative.double(), atol).all():
                 return message
         return (f"wrong shape: {what} should be {tuple(expected.shape)}, got {tuple(got.shape)}"
-                f"{shape_hint(got.shape, expected.shape)}")
+                f"{shape_hint(got.shape, expected.shape, axes)}")
     got = got.detach().cpu().double()
     expected = expected.detach().cpu().double()
     bad = ~torch.isfinite(got)

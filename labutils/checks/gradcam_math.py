@@ -51,6 +51,8 @@ def spatial_scales(g: torch.Tensor) -> dict[float, str]:
 
 def _alpha(case: Case, got: object) -> Optional[str]:
     (g,) = case.args
+    wrong_axes = ("you averaged over other dimensions than the positions of each map: alpha has one weight per "
+                  "feature map k (and per image and class), so only the h·w positions of each map are averaged")
     return compare(
         "alpha", got, alpha_weights(g), scales=spatial_scales(g),
         mistakes=[
@@ -61,7 +63,9 @@ def _alpha(case: Case, got: object) -> Optional[str]:
             (lambda: g.amax(dim=(-2, -1)), "you took the maximum over the positions: equation (1) averages them"),
             (lambda: g.mean(dim=-3), "you averaged over the K feature maps: average over the h·w positions of "
              "each map, dimensions (-2, -1)"),
+            *[(lambda dims=dims: g.mean(dim=dims), wrong_axes) for dims in ((-3, -2), (-3, -1), -1, -2, (-4, -2, -1))],
         ],
+        axes={4: ("images", "K feature maps"), 5: ("images", "classes", "K feature maps")}.get(g.ndim),
     )  # fmt: skip
 
 
@@ -141,6 +145,9 @@ def postprocess_cases(g: Optional[torch.Generator]) -> list[Case]:
     ]  # fmt: skip
 
 
+EPSILON_TOLERANCE = 0.01  # of the [0, 1] scale: an epsilon <= 1e-3 in the denominator passes (the text says so)
+
+
 def _postprocess(case: Case, got: object) -> Optional[str]:
     raw, size = case.args
     size = tuple(size)
@@ -176,7 +183,7 @@ def _postprocess(case: Case, got: object) -> Optional[str]:
     ]
     flat = raw.amax() <= raw.amin() or raw.amax() <= 0  # only one right answer, zeros
     return compare(
-        "the map", got, postprocess(raw, size), nonnegative=True,
+        "the map", got, postprocess(raw, size), nonnegative=True, atol=EPSILON_TOLERANCE,
         nan_hint="a flat map (max = min) must become all zeros, not 0/0",
         mistakes=[] if flat else mistakes,
     )  # fmt: skip
@@ -236,8 +243,12 @@ def _gradcam(case: Case, got: object) -> Optional[str]:
 
 GRADCAM = Exercise(
     "gradcam", NOTEBOOK, "my_gradcam", ("labutils.nets", "labutils.steps"), gradcam_cases,
-    diagnosis("my_gradcam", _gradcam),
+    diagnosis("my_gradcam", _gradcam, forbidden="the exercise is to build Grad-CAM from the steps you are given "
+              "(steps.capture, steps.alpha, steps.combine, steps.postprocess); labutils' own Grad-CAM is what the "
+              "check compares with, and it is not available when your notebook is graded"),
     reference="labutils.pipeline:gradcam_maps",
+    forbidden=("labutils.gradcam:gradcam", "labutils.pipeline:gradcam_maps", "labutils.guided:guided_gradcam",
+               "labutils.cached:gradcam_from_features"),
 )  # fmt: skip
 
 
@@ -284,7 +295,8 @@ def _sweep_reference(net: Net, x: torch.Tensor, classes: tuple, layers: list, ce
 def _sweep(case: Case, got: object) -> Optional[str]:
     net, x, classes, layers, _ = case.args
     return compare(
-        "the correlations", got, _sweep_reference(net, x, classes, layers), atol=1e-4,
+        "the correlations", got, _sweep_reference(net, x, classes, layers), atol=1e-4, axes=("layers", "images"),
+        nan_hint="where a map is flat (all its values equal) the correlation is 0 / 0: the exercise asks for 0 there",
         mistakes=[
             (lambda: _sweep_reference(net, x, classes, layers, center=False), "you did not subtract each map's mean "
              "before the dot product: that is the cosine similarity; Pearson's correlation centres both maps first"),
@@ -329,11 +341,12 @@ def _cam(case: Case, got: object) -> Optional[str]:
         expected = gradcam(net.build(), x, c, "features.3").raw[:, 0]
     return compare(
         "L^c", got, expected, nonnegative=True,
-        scales={z: f"you left out 1/Z: alpha_k^c = w_k^c / Z, with Z = {int(z)} positions"},
+        scales={z: f"a factor Z = {int(z)} (the number of positions the global average pooling averages) too "
+                   "large: work out dy^c/dA^k_ij again, with the pooling's 1/Z"},
         mistakes=[
-            (lambda: cam, "this is CAM's M^c itself: Grad-CAM's weights are alpha_k^c = w_k^c / Z, and equation (2) "
-             "adds a ReLU"),
-            (lambda: cam / z, "ReLU missing: L^c = ReLU(sum_k alpha_k^c A^k)"),
+            (lambda: cam, "this is CAM's M^c itself: Grad-CAM's L^c differs from it by a constant factor and a "
+             "ReLU; work out alpha_k^c from dy^c/dA^k_ij"),
+            (lambda: cam / z, "ReLU missing: equation (2) applies a ReLU to the weighted sum"),
             (lambda: F.relu(cam / z + bias), "you added the bias b^c: it does not depend on A^k, so its gradient is 0 "
              "and it is not part of L^c"),
             (lambda: F.relu(cam + bias) / z, "you added the bias b^c: it does not depend on A^k, so its gradient is 0 "
@@ -342,7 +355,14 @@ def _cam(case: Case, got: object) -> Optional[str]:
     )  # fmt: skip
 
 
-CAM = Exercise("cam", NOTEBOOK, "my_cam", ("labutils.nets",), cam_cases, diagnosis("my_cam", _cam))
+CAM = Exercise(
+    "cam", NOTEBOOK, "my_cam", ("labutils.nets",), cam_cases,
+    diagnosis("my_cam", _cam, forbidden="the exercise asks for L^c without any backward pass: compute it from the "
+              "activations of net.features and the weights of net.classifier"),
+    forbidden=("torch.autograd:backward", "torch.autograd:grad", "torch.autograd.graph:_engine_run_backward",
+               "torch.autograd.functional:*", "torch._functorch.apis:*", "torch._functorch.eager_transforms:*",
+               "labutils.gradcam:gradcam"),
+)  # fmt: skip
 
 VERIFIED = {
     "alpha": "alpha_k^c matches labutils.gradcam.alpha_weights (equation 1) on VGG-16 and AlexNet shapes, a batch "
@@ -351,10 +371,10 @@ VERIFIED = {
     "output, VGG-16 shapes, a non-square batch of 2 images × 3 classes and a flat map",
     "postprocess": "upsample (bilinear) + ReLU + normalize matches labutils.gradcam.postprocess (section 5.5) on "
     "VGG-16 and AlexNet maps, a batch of 2 images × 3 classes, a non-square size, a flat and an all-negative map",
-    "gradcam": "your pipeline, run with labutils' steps, matches labutils.gradcam on tiny VGG and AlexNet networks "
+    "gradcam": "your pipeline, built from labutils' steps, matches labutils.gradcam on tiny VGG and AlexNet networks "
     "(last ReLU, a conv and an early layer; 1 and 2 non-square images)",
     "layer_sweep": "the correlations between two classes' maps match labutils, layer by layer, on tiny VGG and "
     "AlexNet networks (1 and 2 non-square images, layers in any order)",
-    "cam": "L^c computed from CAM's weights w_k^c / Z matches labutils.gradcam's Grad-CAM on a network with global "
-    "average pooling (1 to 3 images, square and non-square)",
+    "cam": "L^c computed from the classifier's weights, with no backward pass, matches labutils.gradcam's Grad-CAM "
+    "on a network with global average pooling (1 to 3 images, square and non-square)",
 }

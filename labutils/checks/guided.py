@@ -174,7 +174,7 @@ def overlay_reference(image: torch.Tensor, cam_map: torch.Tensor, alpha: float, 
 
 
 def overlay_cases(g: Optional[torch.Generator]) -> list[Case]:
-    s = [pick(g, 70 + i, 100, 10_000) for i in range(6)]
+    s = [pick(g, 70 + i, 100, 10_000) for i in range(9)]
     jet = jet_table()
 
     def image(h: int, w: int, seed: int) -> torch.Tensor:
@@ -189,6 +189,10 @@ def overlay_cases(g: Optional[torch.Generator]) -> list[Case]:
         Case(f"a non-square image of {H} x {W} and a 7 x 9 map, alpha 0.3",
              (image(H, W, s[2]), cam(7, 9, s[3]), 0.3, jet)),
         Case("an image of 39 x 52 and a 13 x 13 map, alpha 0.7", (image(39, 52, s[4]), cam(13, 13, s[5]), 0.7, jet)),
+        Case("an image of 42 x 42 and a 14 x 14 map whose maximum 1.0 lands exactly on a pixel, alpha 0.5",
+             (image(42, 42, s[6]), cam(14, 14, s[7]), 0.5, jet)),
+        Case("an image of 21 x 27 and a 7 x 9 map of 1.0 everywhere, alpha 0.5",
+             (image(21, 27, s[8]), torch.ones(7, 9), 0.5, jet)),
     ]
 
 
@@ -209,7 +213,13 @@ def _overlay(case: Case, got: object) -> Optional[str]:
     )  # fmt: skip
 
 
-OVERLAY = Exercise("overlay", NOTEBOOK, "my_overlay", (), overlay_cases, diagnosis("my_overlay", _overlay))
+OVERLAY = Exercise(
+    "overlay", NOTEBOOK, "my_overlay", (), overlay_cases,
+    diagnosis("my_overlay", _overlay, errors={
+        "IndexError": "a map value of exactly 1.0 falls one bin past the last colour: the table has bins 0 to "
+                      "len(colors) - 1; keep every bin index inside it",
+    }),
+)  # fmt: skip
 
 VERIFIED = {
     "guided_relu": "grad_in matches an nn.ReLU under labutils.guided.guided_relus (gradient passes where input > 0 "
@@ -219,5 +229,5 @@ VERIFIED = {
     "counterfactual": "ReLU(sum_k (-alpha_k^c) A^k) matches labutils.gradcam(..., counterfactual=True)'s maps on "
     "VGG-16 and AlexNet shapes, a conv layer's output and a non-square batch of 2 images × 3 classes",
     "overlay": "the jet overlay matches section 5.6 (bilinear resize, jet colour, (1 - alpha) · image + alpha · "
-    "colour) on square and non-square images, alpha 0.3 to 0.7",
+    "colour) on square and non-square images, alpha 0.3 to 0.7, and maps whose value 1.0 lands on a pixel",
 }

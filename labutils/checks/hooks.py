@@ -70,16 +70,18 @@ def _capture(case: Case, result: object) -> Optional[str]:
         "dy^c/dA^k", got_g, g,
         mistakes=[
             (lambda: _layer_gradient(net, layer, x, lambda s: s[0, c])[1],
-             "only image 0 got its gradient: backpropagate y^c of every image, scores[:, c].sum()"),
+             "only image 0 got its gradient: every image's y^c must reach the backward pass (each image's "
+             "score depends on that image alone)"),
             (lambda: _layer_gradient(net, layer, x, lambda s: s[:, c].mean())[1],
-             f"you backpropagated the batch mean of y^c: each image's gradient is divided by N = {n}; "
-             "use the sum, scores[:, c].sum()"),
+             f"you backpropagated the batch mean of y^c: each image's gradient is divided by N = {n}; each "
+             "image's gradient must be that of its own y^c"),
             (lambda: _layer_gradient(net, layer, x, lambda s: s.sum())[1],
-             "you backpropagated the sum of all class scores: backpropagate y^c only, scores[:, c].sum()"),
+             f"you backpropagated the scores of all classes: only class c = {c}'s score y^c counts"),
             (lambda: _layer_gradient(net, layer, x, lambda s: s.softmax(1)[:, c].sum())[1],
              "you backpropagated the softmax probability: Grad-CAM uses the score y^c (before the softmax)"),
             (lambda: _layer_gradient(net, layer, x, lambda s: s.max(1).values.sum())[1],
-             f"you backpropagated the top-1 class's score: backpropagate class c = {c}, scores[:, c]"),
+             f"you backpropagated the top-1 class's score: the gradient is that of class c = {c}, the one "
+             "asked for"),
         ],
     )  # fmt: skip
 

@@ -32,6 +32,13 @@ def pointing_cases(g: Optional[torch.Generator]) -> list[Case]:
     return cases
 
 
+def _hits(rows: torch.Tensor, cols: torch.Tensor, boxes: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Whether each (row, col) falls in its box (top, left, bottom, right), grown by ``tolerance``, edges inclusive."""
+    top, left, bottom, right = boxes.unbind(1)
+    return (rows >= top - tolerance) & (rows <= bottom + tolerance) & (cols >= left - tolerance) & \
+        (cols <= right + tolerance)
+
+
 def _pointing(case: Case, got: object) -> Optional[str]:
     maps, boxes, tolerance = case.args
     expected = pointing_game(maps, boxes, tolerance)
@@ -44,9 +51,14 @@ def _pointing(case: Case, got: object) -> Optional[str]:
     if torch.equal(got, expected):
         return None
     transposed = boxes[:, [1, 0, 3, 2]]
+    peak = maps.flatten(1).argmax(dim=1)
+    h, w = maps.shape[-2:]
     mistakes = [
-        (pointing_game(maps, transposed, tolerance), "rows and columns swapped: a box is (top, left, bottom, "
-         "right): rows between top and bottom, columns between left and right"),
+        (_hits(peak // h, peak % h, boxes, tolerance), f"the peak's row and column are wrong: the maps are {h} x {w} "
+         "(height x width), so a flat index counts whole rows of width values; you divided by the height"),
+
+        (pointing_game(maps, transposed, tolerance), "rows and columns swapped (the peak's, or the box's): a box is "
+         "(top, left, bottom, right): rows between top and bottom, columns between left and right"),
         (pointing_game(maps, boxes, 0), "you ignored the tolerance: grow the box by `tolerance` pixels on every side"),
         (pointing_game(maps, boxes + torch.tensor([0.0, 0.0, -1.0, -1.0]), tolerance), "the boxes are inclusive: "
          "a peak on the bottom row or the right column is inside (<=, not <)"),

@@ -109,7 +109,7 @@ def child(request: dict, fd: int) -> None:
     results = []
     for case in cases:
         try:
-            o = call(fn, case)
+            o = call(fn, case, tuple(request.get("forbidden", ())))
         except BaseException as error:  # SystemExit, KeyboardInterrupt...: one line, like any error
             o = Outcome(None, f"{type(error).__name__}: {str(error).strip()[:300]}")
         entry = outcome(o)

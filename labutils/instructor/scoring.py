@@ -396,7 +396,8 @@ class ScoringPool:
         try:
             cases, fixed = draw_cases(exercise)
             request = {"code": code, "prelude": prelude, "function": exercise.function,
-                       "modules": list(exercise.modules), "cases": [[_wire(a) for a in c.args] for c in cases]}
+                       "modules": list(exercise.modules), "forbidden": list(exercise.forbidden),
+                       "cases": [[_wire(a) for a in c.args] for c in cases]}
         except Exception as error:  # the registry's own cases failed: an instructor's bug, said plainly
             return Verdict(False, f"the grader could not draw this exercise's cases ({type(error).__name__}: {error})")
         reply = await self.scorer(tuple(exercise.modules)).score(request, self.setup.timeout)

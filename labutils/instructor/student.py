@@ -11,7 +11,7 @@ check cell after it then reports "not implemented yet"). In a markdown cell, the
 ``=== BEGIN MARK SCHEME ===`` and ``=== END MARK SCHEME ===`` (or the two ``### BEGIN/END SOLUTION``
 lines) becomes ``YOUR ANSWER HERE``; a markdown cell marked as a solution in its nbgrader metadata but
 without markers is replaced whole. Every output and execution count is cleared (the
-``# NBVAL_CHECK_OUTPUT`` cells included) and saved widget state is dropped; everything else is left as
+cells tagged ``nbval-check-output`` included) and saved widget state is dropped; everything else is left as
 it is: cell ids, metadata (the nbgrader grade ids and points the grader reads), the check cells.
 
     python -m labutils student                 # notebooks/*.ipynb -> student/
