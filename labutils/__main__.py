@@ -1,7 +1,8 @@
-"""``python -m labutils``: see labutils/cli.py."""
+"""``python -m labutils``: see labutils/cli.py. Importing this module does nothing (a submission may try)."""
 
 import sys
 
-from .cli import main
+if __name__ == "__main__":
+    from .cli import main
 
-sys.exit(main())
+    sys.exit(main())

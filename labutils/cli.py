@@ -258,10 +258,10 @@ def handin_check(args: argparse.Namespace) -> int:
     return check([Path(p) for p in args.notebooks], student=args.student)
 
 
-def grade(args: argparse.Namespace) -> None:
+def grade(args: argparse.Namespace) -> int:
     """Grade submitted notebooks (grades.csv, one HTML report per student), or merge manual marks; export."""
     instructor_tools()
-    from .instructor.grading import grade as grade_all, merge_marks
+    from .instructor.grading import NotGraded, grade as grade_all, merge_marks
 
     roster = None
     if bool(args.roster) != bool(args.export):
@@ -272,20 +272,23 @@ def grade(args: argparse.Namespace) -> None:
 
         check_assignment(args.assignment)
         roster = read_roster(Path(args.roster), args.export)
-    results = None
+    results, not_graded = None, {}
     if args.marks:
         if args.submissions:
             raise LabError("--marks merges marks into graded results and runs no notebook: give no submissions")
-        results = merge_marks(Path(args.marks), Path(args.out))
+        results = merge_marks([Path(m) for m in args.marks], Path(args.out))
     elif not args.submissions:
         if roster is None:
             raise LabError("give the submissions to grade (files or folders), or --marks FILE to merge manual marks, "
                            "or --roster FILE --export canvas|moodle to export the grades in --out")
     else:
         kw = {"instructor_dir": Path(args.notebooks)} if args.notebooks else {}
-        results = grade_all([Path(p) for p in args.submissions], Path(args.out), timeout=args.timeout,
-                            budget=args.budget, jobs=args.jobs, sandbox=not args.no_sandbox, memory=args.memory,
-                            regrade=tuple(args.regrade), **kw)
+        try:
+            results = grade_all([Path(p) for p in args.submissions], Path(args.out), timeout=args.timeout,
+                                budget=args.budget, jobs=args.jobs, sandbox=not args.no_sandbox, memory=args.memory,
+                                regrade=tuple(args.regrade), **kw)
+        except NotGraded as missing:
+            results, not_graded = missing.results, missing.causes
     for r in results or []:
         flags = [e.grade_id for e in r.exercises if e.copied]
         flagged = f"  FLAG: {', '.join(flags)}" if flags else ""
@@ -295,6 +298,12 @@ def grade(args: argparse.Namespace) -> None:
     if results is not None and not args.marks:
         pairs = json.loads((Path(args.out) / "similarity.json").read_text(encoding="utf-8"))["pairs"]
         print(f"wrote {Path(args.out) / 'similarity.html'} ({len(pairs)} pair(s) of students with similar answers)")
+    if not_graded:  # the grader's side failed for them: no grade, listed last, and a re-run grades them
+        for student, why in not_graded.items():
+            print(f"not graded: {student}: {' '.join(why.split())}", file=sys.stderr)
+        print(f"error: {len(not_graded)} student(s) not graded (not their code: see above); fix the cause "
+              "and run the same command again to grade them", file=sys.stderr)
+        return 3
     if roster is not None:
         from .instructor.lms import export_grades
 
@@ -302,6 +311,7 @@ def grade(args: argparse.Namespace) -> None:
         for line in done.lines():
             print(f"warning: {line}", file=sys.stderr)
         print(f"wrote {done.path} ({len(done.exported)} student(s) with points; who was left out: {done.check})")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -340,7 +350,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--regrade", action="append", default=[], metavar="STUDENT",
                    help="grade this student again (repeatable); others already graded in --out are skipped")
     p.add_argument("--no-sandbox", action="store_true", help="run the students' code without bubblewrap")
-    p.add_argument("--marks", default=None, metavar="CSV", help="merge manual marks (student,question,points)")
+    p.add_argument("--marks", action="append", default=[], metavar="CSV",
+                   help="merge manual marks (student,question,points; repeatable: one file per marker); "
+                        "an empty cell changes nothing, - clears a mark")
     p.add_argument("--roster", default=None, metavar="CSV",
                    help="the class roster for --export (student,name,id,sis_user_id,sis_login_id,section,email)")
     p.add_argument("--export", default=None, choices=["canvas", "moodle"],

@@ -171,7 +171,9 @@ def test_grades_csv_results_and_marks_template(graded):
                                                       "teacher", "wrong"]
     assert by_student["teacher"] == ["2", "3", "", "5", "7"]
     assert by_student["wrong"] == ["0", "3", "", "3", "7"]
-    assert sorted(p.name for p in (out / "results").iterdir()) == [f"{s}.json" for s in sorted(results)]
+    assert sorted(p.name for p in (out / "results").glob("*.json")) == [f"{s}.json" for s in sorted(results)]
+    assert sorted(p.name for p in (out / "results").glob("*.notebooks.html")) == \
+        [f"{s}.notebooks.html" for s in sorted(results)]  # what a merge of marks rewrites the reports around
     template = list(csv.reader((out / "marks-template.csv").open(encoding="utf-8")))
     assert template[0] == ["student", "question", "points", "max", "comment"]
     assert ["copier", "why-z", "", "2", ""] in template and len(template) == 1 + len(results)
@@ -236,6 +238,67 @@ def test_manual_marks_merge_into_grades_csv_without_running_anything(graded, tmp
         err = capsys.readouterr().err
         assert why in err and err.count("\n") == 1, err
         assert (copy / "grades.csv").read_bytes() == before  # nothing written
+
+
+def _merged(out: Path) -> tuple[dict, dict]:
+    """grades.csv's rows, and what each report's title and written answer say (they must agree)."""
+    rows = {row[0]: row[1:] for row in csv.reader((out / "grades.csv").open(encoding="utf-8"))}
+    reports = {}
+    for student in rows:
+        if student != "student":
+            page = (out / f"{student}.html").read_text(encoding="utf-8")
+            reports[student] = (re.search(r"<h1>[^:]+: (\S+) / 7 points</h1>", page).group(1),
+                                re.search(r"<td>(not marked yet|[\d.]+) / 2</td></tr>", page).group(1))
+    return rows, reports
+
+
+@needs_bwrap
+def test_marks_merge_per_cell_in_any_order_and_reports_agree_with_grades_csv(graded, tmp_path, capsys):
+    """Issue 20 item 4: two assistants fill marks-template.csv; the second merge erased the first's marks."""
+    _, out, _ = graded
+    first, second = tmp_path / "ta1.csv", tmp_path / "ta2.csv"
+    first.write_text("student,question,points,max,comment\ncopier,why-z,1.5,2,\nteacher,why-z,,2,\n"
+                     "wrong,why-z,,2,\n", encoding="utf-8")
+    second.write_text("student,question,points,max,comment\ncopier,why-z,,2,\nteacher,why-z,2,2,\n"
+                      "wrong,why-z,0.5,2,\n", encoding="utf-8")
+    finals = []
+    for order in ([first, second], [second, first], "together"):
+        copy = tmp_path / f"grades-{len(finals)}"
+        shutil.copytree(out, copy)
+        if order == "together":
+            assert main(["grade", "--marks", str(first), "--marks", str(second), "--out", str(copy)]) == 0
+        for marks in ([] if order == "together" else order):
+            assert main(["grade", "--marks", str(marks), "--out", str(copy)]) == 0
+            rows, reports = _merged(copy)
+            for student, (total, mark) in reports.items():  # after every merge, not only the last one
+                assert (total, mark) == (rows[student][-2], rows[student][-3] or "not marked yet"), student
+        finals.append(((copy / "grades.csv").read_text(encoding="utf-8"), _merged(copy)[1]))
+    assert finals[0] == finals[1] == finals[2]
+    rows, reports = _merged(tmp_path / "grades-0")
+    assert rows["copier"] == ["2", "0", "1.5", "3.5", "7"]  # the first file's mark survived the second file
+    assert rows["teacher"] == ["2", "3", "2", "7", "7"] and rows["wrong"] == ["0", "3", "0.5", "3.5", "7"]
+    assert reports["copier"] == ("3.5", "1.5")
+    assert "figure of cell" in (tmp_path / "grades-0" / "teacher.html").read_text(encoding="utf-8")  # still whole
+    copy = tmp_path / "grades-0"
+    clear = tmp_path / "clear.csv"
+    clear.write_text("student,question,points\ncopier,why-z,-\nteacher,why-z,clear\n", encoding="utf-8")
+    assert main(["grade", "--marks", str(clear), "--out", str(copy)]) == 0
+    rows, reports = _merged(copy)
+    assert rows["copier"][-3:] == ["", "2", "7"] and reports["copier"] == ("2", "not marked yet")
+    assert rows["teacher"][-3:] == ["", "5", "7"] and rows["wrong"][-3:] == ["0.5", "3.5", "7"]
+    capsys.readouterr()
+    before = (copy / "grades.csv").read_bytes()
+    third = tmp_path / "ta3.csv"
+    third.write_text("student,question,points\nteacher,why-z,1\nwrong,why-z,2\n", encoding="utf-8")
+    assert main(["grade", "--marks", str(second), "--marks", str(third), "--out", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"{second}, line 3" in err and f"{third}, line 2" in err and err.count("\n") == 1, err
+    twice = tmp_path / "twice.csv"
+    twice.write_text("student,question,points\nwrong,why-z,1\nwrong,why-z,-\n", encoding="utf-8")
+    assert main(["grade", "--marks", str(twice), "--out", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"{twice}, line 2" in err and f"{twice}, line 3" in err, err
+    assert (copy / "grades.csv").read_bytes() == before  # nothing written
 
 
 def test_spreadsheet_formulas_are_neutralised_and_ids_make_safe_file_names():

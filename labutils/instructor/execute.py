@@ -12,15 +12,17 @@ import asyncio
 import copy
 import subprocess
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, AsyncIterator
 
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from .collect import nbgrader
-from .kernel import KernelSetup, kernel_manager
+from .kernel import KernelSetup, kernel_manager, why_no_kernel
 from .results import Run
 from .sandbox import make_cgroup
 
@@ -87,6 +89,24 @@ class _GraderClient(NotebookClient):
             cell.outputs.append(nbformat.v4.new_output(
                 "error", ename=TIMEOUT_ERROR, evalue=content["evalue"], traceback=[content["evalue"]]))
 
+    @asynccontextmanager
+    async def async_setup_kernel(self, **kwargs: Any) -> AsyncIterator[None]:
+        """nbclient's, without the process-wide ``atexit`` and SIGINT/SIGTERM handlers it installs (they printed
+        "Exception ignored in atexit callback" after a kernel that did not start, and swallowed the grader's
+        SIGTERM): the grader stops its kernels itself, whatever happens."""
+        cleanup = kwargs.pop("cleanup_kc", self.owns_km)
+        if self.km is None:
+            self.km = self.create_kernel_manager()
+        try:
+            if not self.km.has_kernel:
+                await self.async_start_new_kernel(**kwargs)
+            if self.kc is None:
+                await self.async_start_new_kernel_client()
+            yield
+        finally:
+            if cleanup:
+                await self._async_cleanup_kernel()
+
     async def responsive(self, seconds: float) -> bool:
         """Whether the kernel answers a trivial request within ``seconds`` (after an interrupt)."""
         saved, self.timeout = self.timeout, seconds
@@ -107,6 +127,13 @@ class Settings:
     plain_env: dict[str, str]  # the kernel's environment without a sandbox
 
 
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was asked to stop, even where a library swallowed the request."""
+    task = asyncio.current_task()
+    if task is not None and getattr(task, "cancelling", lambda: 0)():
+        raise asyncio.CancelledError
+
+
 async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: Settings) -> None:
     """Run every code cell of ``nb`` in place; a new kernel takes over after a crash or a stuck cell."""
     start, kernels, sizes = 0, 0, {}
@@ -116,6 +143,7 @@ async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: S
     launched: list = []  # the kernels' processes (subprocess.Popen)
     try:
         while start < len(nb.cells):
+            _stop_if_cancelled()
             if kernels == KERNEL_STARTS or time.monotonic() >= deadline:
                 why = f"{KERNEL_STARTS} kernels died or got stuck in this notebook" if kernels == KERNEL_STARTS \
                     else f"the notebook's time budget of {settings.budget} s was used up"
@@ -155,6 +183,7 @@ async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: S
                         start = index
                         continue
             except DeadKernelError:
+                _stop_if_cancelled()  # nbclient turns a cancellation (SIGTERM, the outside limit) into this
                 oom = cgroup is not None and cgroup.oom_killed()
                 why = f"ran out of memory (limit {settings.kernel.limits.memory / 2**30:g} GiB)" if oom else "died"
                 run.notes.append(f"the kernel {why} in cell {index + 1}; a new kernel ran the cells after it "
@@ -167,6 +196,11 @@ async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: S
                     for n in (n for n in code if n >= start):
                         run.not_run[n] = f"not run: the kernel did not start ({type(error).__name__}: {error})"
                     run.notes.append(f"the kernel did not start: {type(error).__name__}: {error}")
+                    if kernels == 1:  # before any of the submission's code ran: the grader's environment
+                        why = await asyncio.get_running_loop().run_in_executor(
+                            None, why_no_kernel, settings.kernel, rundir) if settings.kernel.sandboxed else ""
+                        said = why or f"{type(error).__name__}: {error}"
+                        run.infrastructure.append(f"the kernel did not start ({said})")
                     return
                 run.notes.append(f"execution stopped in cell {index + 1}: {type(error).__name__}: {error}")
             start = index + 1

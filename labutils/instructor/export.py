@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import LabError
-from .report import report_html, similarity_html
-from .results import GradeResult, Run, _points
+from .report import notebooks_html, report_page, similarity_html
+from .results import GradeResult, QuestionResult, Run, _points
 from .similarity import Pair, class_pairs
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP: cells a spreadsheet would read as a formula
@@ -100,53 +100,90 @@ def write_similarity(results: list[GradeResult], out_dir: Path) -> list[Pair]:
     return pairs
 
 
+CLEAR = ("-", "clear")  # a marks cell that clears a mark; an empty cell changes nothing
+
+
 def save(result: GradeResult, runs: dict[str, Run], out_dir: Path) -> None:
-    """The student's report and result file; a report that cannot be written becomes a note."""
+    """The student's report and result file; a report that cannot be written becomes a note.
+
+    The notebooks' part of the report is kept in ``results/<student>.notebooks.html``, so that a merge of
+    marks can rewrite the report around it."""
+    (out_dir / "results").mkdir(exist_ok=True)
     try:
-        _write_text(result.report, report_html(result, runs))
+        notebooks = notebooks_html(runs)
     except Exception as error:
         result.notes.append(f"the report could not be written: {type(error).__name__}: {error}")
-        _write_text(result.report, report_html(result, {}))
-    (out_dir / "results").mkdir(exist_ok=True)
+        notebooks = ""
+    _write_text(out_dir / "results" / f"{result.report.stem}.notebooks.html", notebooks)
+    _write_text(result.report, report_page(result, notebooks))
     _write_text(out_dir / "results" / f"{result.report.stem}.json", json.dumps(result.to_json(), indent=1))
 
 
-def merge_marks(marks: Path, out_dir: Path) -> list[GradeResult]:
-    """Merge manual marks into ``out_dir``'s results and rewrite grades.csv; no notebook is run.
-
-    ``marks`` is a CSV with a header row and the columns ``student,question,points`` (more columns,
-    e.g. ``max`` and ``comment`` of ``marks-template.csv``, are ignored); an empty ``points`` leaves
-    that answer unmarked. Every row is checked before anything is written.
-    """
-    out_dir = Path(out_dir)
-    results = load_results(out_dir)
-    if not results:
-        raise LabError(f"{out_dir} holds no graded students (results/*.json); grade the submissions first")
+def _read_marks(marks: Path) -> list[tuple[str, int, str, str, str]]:
+    """(file, line, student, question, points text) of each row of a marks CSV."""
     try:
         rows = list(csv.DictReader(Path(marks).read_text(encoding="utf-8-sig").splitlines()))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise LabError(f"--marks {marks}: not a readable CSV file ({error})") from None
     if rows and not {"student", "question", "points"} <= set(rows[0]):
         raise LabError(f"--marks {marks}: the header must name the columns student, question, points")
-    updates = []
-    for n, row in enumerate(rows, start=2):
-        student, question = from_spreadsheet(row["student"] or ""), from_spreadsheet(row["question"] or "")
-        text = (row["points"] or "").strip()
+    return [(str(marks), n, from_spreadsheet(row["student"] or ""), from_spreadsheet(row["question"] or ""),
+             (row["points"] or "").strip()) for n, row in enumerate(rows, start=2)]
+
+
+def merge_marks(marks: Path | list[Path], out_dir: Path) -> list[GradeResult]:
+    """Merge manual marks into ``out_dir``'s results; rewrite grades.csv and the reports; no notebook is run.
+
+    ``marks`` is one CSV, or several (e.g. one per teaching assistant), with a header row and the columns
+    ``student,question,points`` (more columns, e.g. ``max`` and ``comment`` of ``marks-template.csv``, are
+    ignored). Merging is per cell: an empty ``points`` changes nothing, ``-`` or ``clear`` removes a mark,
+    a number sets it. The same answer given different points in the files being merged (or twice in one
+    file) is refused, naming both lines, so the files merge to the same result in any order. Every row is
+    checked before anything is written.
+    """
+    out_dir = Path(out_dir)
+    results = load_results(out_dir)
+    if not results:
+        raise LabError(f"{out_dir} holds no graded students (results/*.json); grade the submissions first")
+    rows = [row for path in ([marks] if isinstance(marks, (str, Path)) else list(marks)) for row in _read_marks(path)]
+    updates: dict[tuple[str, str], tuple[QuestionResult, float | None, str]] = {}
+    for where, n, student, question, text in rows:
+        line = f"{where}, line {n}"
         if student not in results:
-            raise LabError(f"--marks {marks}, line {n}: no graded student {student!r} in {out_dir}")
+            raise LabError(f"--marks {line}: no graded student {student!r} in {out_dir}")
         found = [q for q in results[student].questions if q.grade_id == question]
         if not found:
-            raise LabError(f"--marks {marks}, line {n}: {student} has no written answer {question!r}")
-        try:
-            value = None if text == "" else float(text)
-        except ValueError:
-            raise LabError(f"--marks {marks}, line {n}: points {text!r} is not a number") from None
-        if value is not None and not 0 <= value <= found[0].max_points:
-            raise LabError(f"--marks {marks}, line {n}: {value:g} points is outside 0..{found[0].max_points:g}")
-        updates.append((found[0], value))
-    for question, value in updates:
+            raise LabError(f"--marks {line}: {student} has no written answer {question!r}")
+        if text == "":
+            continue  # an empty cell: this file says nothing about this answer
+        if text.lower() in CLEAR:
+            value = None
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                raise LabError(f"--marks {line}: points {text!r} is not a number (or - to clear a mark)") from None
+            if not 0 <= value <= found[0].max_points:
+                raise LabError(f"--marks {line}: {value:g} points is outside 0..{found[0].max_points:g}")
+        earlier = updates.get((student, question))
+        if earlier is not None and earlier[1] != value:
+            said = "cleared" if earlier[1] is None else f"{earlier[1]:g}"
+            now = "clears it" if value is None else f"gives {value:g}"
+            raise LabError(f"--marks: {student}'s {question} is {said} at {earlier[2]} but {line} {now}; "
+                           "agree on one mark and merge again")
+        updates[(student, question)] = (found[0], value, line)
+    for question, value, _ in updates.values():
         question.points = value
-    for result in results.values():
+    changed = {student for student, _ in updates}
+    for student in sorted(changed):
+        result = results[student]
         _write_text(out_dir / "results" / f"{result.report.stem}.json", json.dumps(result.to_json(), indent=1))
+        kept = out_dir / "results" / f"{result.report.stem}.notebooks.html"
+        try:
+            notebooks = kept.read_text(encoding="utf-8")
+        except OSError:
+            notebooks = "<p>(graded by an older version of the grader: grade again with --regrade to show the " \
+                        "notebooks here)</p>"
+        _write_text(result.report, report_page(result, notebooks))
     write_csv(list(results.values()), out_dir / "grades.csv")
     return list(results.values())

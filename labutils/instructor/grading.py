@@ -40,14 +40,17 @@ module is the driver that ties them together.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
+import nbformat
 from jupyter_core.utils import run_sync
 from tqdm import tqdm
 
@@ -60,15 +63,16 @@ from .export import (FORMULA_START, file_name, from_spreadsheet, load_results, m
                      spreadsheet_safe, write_csv, write_marks_template, write_similarity)
 from .kernel import KernelSetup
 from .report import FIGURE_CAP, STYLE, report_html
-from .results import ExerciseResult, GradeResult, QuestionResult, Run
-from .sandbox import NO_SANDBOX_WARNING, Limits, bwrap_works, cgroups_work, INSTALL_HINT
-from .scoring import ScoringPool, ScoringSetup, Verdict, not_submitted, score, score_notebook
+from .results import ExerciseResult, GradeResult, NotGraded, QuestionResult, Run
+from .sandbox import NO_SANDBOX_WARNING, Limits, bwrap_problem, cgroups_work, fix_for
+from .scoring import START_TIMEOUT, ScoringPool, ScoringSetup, Verdict, not_submitted, score, score_notebook
 from .release import current_release, release_note
 from .student import REPO_ROOT
 
 __all__ = [  # the stages' names, importable from here as before the split
     "ExerciseResult", "FIGURES_CAP", "FIGURE_CAP", "FORMULA_START", "GradeResult", "Graded", "KERNEL_STARTS",
-    "LabNotebook", "OUTPUT_CAP", "Question", "QuestionResult", "Run", "STYLE", "Settings", "TIMEOUT_ERROR", "Verdict",
+    "LabNotebook", "NotGraded", "OUTPUT_CAP", "Question", "QuestionResult", "Run", "STYLE", "Settings",
+    "TIMEOUT_ERROR", "Verdict",
     "collect", "default_registry", "execute", "file_name", "from_spreadsheet", "grade", "grade_notebook",
     "lab_notebooks", "load_results", "mark_scheme", "match_submission", "merge_marks", "nbgrader", "not_submitted",
     "read_notebook", "report_html", "runnable_copy", "save", "score", "score_notebook", "spreadsheet_safe",
@@ -93,8 +97,7 @@ async def grade_notebook(name: str, paths: list[Path], lab: LabNotebook, setting
     nb, notes = runnable_copy(submitted)
     other = release_note(submitted, release)
     run = Run(name, nb, notes + ([other] if other else []))
-    rundir = Path(tempfile.mkdtemp(prefix="labutils-kernel-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK)
-                                   else None))
+    rundir = kernel_folder()
     try:
         await asyncio.gather(execute(nb, run, rundir, settings), score_notebook(submitted, lab, run, pool))
     finally:
@@ -132,8 +135,9 @@ def grade(
     if timeout < 1 or jobs < 1 or budget < 1 or not memory > 0:
         raise LabError(f"--timeout, --budget and --jobs must be at least 1 and --memory above 0, got {timeout}, "
                        f"{budget}, {jobs} and {memory}")
-    if sandbox and not bwrap_works():
-        raise LabError(INSTALL_HINT)
+    problem = bwrap_problem() if sandbox else ""
+    if problem:
+        raise LabError(problem)
     lab = lab_notebooks(Path(instructor_dir), default_registry() if registry is None else list(registry))
     students, skipped = collect([Path(s) for s in submissions], list(lab))
     for line in skipped:
@@ -142,8 +146,7 @@ def grade(
         raise LabError("no submission matches a notebook of the lab: name the files like the lab's notebooks, "
                        f"e.g. alice_{next(iter(lab))} or alice/{next(iter(lab))}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done = load_results(out_dir)
+    done = load_results(out_dir)  # written only once the preflight has passed
     unknown = sorted(set(regrade) - set(students))
     if unknown:
         raise LabError(f"--regrade {', '.join(unknown)}: no such student among the submissions")
@@ -168,8 +171,13 @@ def grade(
     pool_setup = ScoringSetup(sandbox, Limits(memory=int(min(memory, 2.0) * 2**30), pids=64), hidden, cgroups, 1,
                               score_timeout, every)
     release = current_release(Path(instructor_dir))
-    results = run_sync(_run_all)(todo, students, lab, settings, pool_setup, jobs, out_dir, done, progress, release)
-    return [results[s] for s in sorted(students) if s in results]
+    not_graded: dict[str, str] = {}
+    results = run_sync(_run_all)(todo, students, lab, settings, pool_setup, jobs, out_dir, done, progress,
+                                 Path(instructor_dir), not_graded, release)
+    graded = [results[s] for s in sorted(students) if s in results]
+    if not_graded:
+        raise NotGraded(graded, not_graded)
+    return graded
 
 
 def _fetch_samples() -> None:
@@ -184,23 +192,87 @@ def _fetch_samples() -> None:
                    "notebooks that load them will fail: run python -m labutils fetch", file=sys.stderr)
 
 
+def kernel_folder() -> Path:
+    """A folder for one notebook's kernel connection files, in memory where possible (named after the grader)."""
+    shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix=f"labutils-kernel-{os.getpid()}-", dir=shm))
+
+
+def outside_limit(settings: Settings, pool_setup: ScoringSetup, notebook: LabNotebook) -> float:
+    """Seconds one notebook may take in all (its run, its scoring, the kernels' and scorers' starts), after
+    which the grader stops waiting on it."""
+    return settings.budget + len(notebook.exercises) * (pool_setup.timeout + 30) + 2 * START_TIMEOUT + 60
+
+
+PREFLIGHT_CELL = "import labutils, numpy, torch, matplotlib.pyplot\nprint('preflight', 1 + 1)"
+
+
+async def preflight(lab: dict[str, LabNotebook], instructor_dir: Path, settings: Settings, pool: ScoringPool) -> str:
+    """Why this run cannot grade anyone ('' when it can): the instructor's own solutions, scored by the run's
+    scoring processes, must earn full marks, and a kernel must start in the run's sandbox and import the lab."""
+    for name, notebook in lab.items():
+        run = Run(name, None)
+        await score_notebook(nbformat.read(instructor_dir / name, as_version=4), notebook, run, pool)
+        for graded in notebook.exercises:
+            found = run.verdicts[graded.exercise.grade_id]
+            if not found.passed:
+                if found.infrastructure:
+                    return f"no scoring process can run here: {found.message}; {fix_for(found.message)}"
+                return (f"the instructor's own solution to {graded.exercise.grade_id} ({instructor_dir / name}) does "
+                        f"not earn its points here: {found.message}; check the registry, the notebook and that the "
+                        "modules the exercise needs are installed (--notebooks DIR names the instructor's notebooks)")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(PREFLIGHT_CELL)])
+    run = Run("preflight", nb)
+    rundir = kernel_folder()
+    slow = max(settings.timeout, int(START_TIMEOUT))  # importing torch on a busy machine is not a failure
+    try:
+        await execute(nb, run, rundir, dataclasses.replace(settings, timeout=slow, budget=max(settings.budget, slow)))
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+    if run.infrastructure:
+        return f"no notebook kernel can run here: {run.infrastructure[0]}; {fix_for(run.infrastructure[0])}"
+    outputs = nb.cells[0].get("outputs", [])
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    if errors or not any("preflight 2" in str(o.get("text", "")) for o in outputs):
+        said = f"{errors[0].get('ename')}: {errors[0].get('evalue')}" if errors else "; ".join(run.notes) or "no output"
+        return (f"a notebook kernel in the sandbox cannot import the lab ({' '.join(said.split())[:400]}); "
+                "install labutils, torch and matplotlib in the Python environment that runs the grader")
+    return ""
+
+
 async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook], settings: Settings,
                    pool_setup: ScoringSetup, jobs: int, out_dir: Path, done: dict[str, GradeResult],
-                   progress: bool, release: str | None = None) -> dict[str, GradeResult]:
-    """Grade the students of ``todo``, ``jobs`` notebooks at a time; save each one as soon as it is known."""
+                   progress: bool, instructor_dir: Path, not_graded: dict[str, str],
+                   release: str | None = None) -> dict[str, GradeResult]:
+    """The preflight, then the students of ``todo``, ``jobs`` notebooks at a time; each one is saved as soon as
+    it is known, except those the grader's side failed (``not_graded``: student -> cause)."""
     slots = asyncio.Semaphore(jobs)
     pool = ScoringPool(pool_setup)
+    try:
+        problem = await preflight(lab, instructor_dir, settings, pool)
+    except BaseException:
+        await pool.close()
+        raise
+    if problem:
+        await pool.close()
+        raise LabError(f"preflight: {problem}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     results = dict(done)
     saving = asyncio.Lock()
     total = sum(len(students[s]) for s in todo)
     bar = tqdm(total=total, desc="grading", unit="notebook", disable=not progress)
 
     async def notebook(name: str, paths: list[Path]) -> Run:
+        limit = outside_limit(settings, pool_setup, lab[name])
         async with slots:
             try:
-                return await grade_notebook(name, paths, lab[name], settings, pool, release)
+                return await asyncio.wait_for(grade_notebook(name, paths, lab[name], settings, pool, release), limit)
+            except asyncio.TimeoutError:  # the grader waited on something that did not end: not a grade
+                why = f"{name} was stopped after {limit:.0f} s, the grader's outside limit for one notebook"
+                return Run(name, None, [why], infrastructure=[why])
             except Exception as error:  # whatever went wrong, the other notebooks are still graded
-                return Run(name, None, [f"grading {name} failed: {type(error).__name__}: {error}"])
+                why = f"grading {name} failed: {type(error).__name__}: {error}"
+                return Run(name, None, [why], infrastructure=[why])
             finally:
                 bar.update()
 
@@ -208,6 +280,12 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
         mine = students[sid]
         names = [name for name in lab if name in mine]
         runs = dict(zip(names, await asyncio.gather(*(notebook(n, mine[n]) for n in names))))
+        causes = [f"{name}: {why}" for name, run in runs.items() for why in run.infrastructure] + \
+            [f"{name}, {grade_id}: {v.message}" for name, run in runs.items() for grade_id, v in run.verdicts.items()
+             if v.infrastructure]
+        if causes:  # the grader's side failed: no grade (never a 0), and a re-run grades this student
+            not_graded[sid] = causes[0] + (f" (and {len(causes) - 1} more)" if len(causes) > 1 else "")
+            return
         exercises, questions, notes = [], [], []
         for name, notebook_lab in lab.items():
             if name in runs:
@@ -231,12 +309,36 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
             results[sid] = result
             write_csv(list(results.values()), out_dir / "grades.csv")
 
+    everyone = asyncio.ensure_future(asyncio.gather(*(student(s) for s in todo)))
+    stopped_by: list[str] = []
+
+    def stop(name: str) -> None:  # SIGINT, SIGTERM: every sandbox, cgroup and folder is removed on the way out
+        stopped_by.append(name)
+        everyone.cancel()
+
+    loop = asyncio.get_running_loop()
+    signals = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop, sig.name)
+            signals.append(sig)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread: the caller's handlers
+            pass
     try:
-        await asyncio.gather(*(student(s) for s in todo))
+        await everyone
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
     finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
         bar.close()
         await pool.close()
     write_csv(list(results.values()), out_dir / "grades.csv")
+    if stopped_by:
+        write_marks_template(list(results.values()), out_dir / "marks-template.csv")
+        raise LabError(f"stopped by {stopped_by[0]}: the {len(results)} student(s) graded so far are kept in "
+                       f"{out_dir}; run the same command again to grade the rest")
     write_marks_template(list(results.values()), out_dir / "marks-template.csv")
     write_similarity(list(results.values()), out_dir)
     return results

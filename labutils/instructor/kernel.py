@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 
-from .sandbox import Cgroup, Limits, bwrap_argv, python_dirs, rlimit_prefix
+from .sandbox import Cgroup, Limits, bwrap_argv, explain, python_dirs, python_executable, rlimit_prefix
 from .student import REPO_ROOT
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -70,7 +69,7 @@ def kernel_env(setup: KernelSetup) -> dict[str, str]:
     except Exception:
         mpl_cache = ""
     env = {
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
+        "PATH": os.pathsep.join([str(Path(python_executable()).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
         "HOME": "/tmp/home", "TMPDIR": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), *map(str, setup.readable)]),
         "MPLBACKEND": "module://matplotlib_inline.backend_inline", "MPLCONFIGDIR": "/tmp/mpl",
@@ -95,10 +94,21 @@ def kernel_argv(setup: KernelSetup, rundir: Path, cgroup: Cgroup | None) -> list
     """The sandboxed kernel's command line (``{connection_file}`` is filled in by jupyter_client)."""
     start = ['/bin/sh', '-c', 'mkdir -p /tmp/mpl /tmp/ipython; '
              'cp "$LABUTILS_MPL_CACHE"/fontlist-*.json /tmp/mpl/ 2>/dev/null; exec "$@"', 'kernel',
-             sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]  # fmt: skip
-    readable = python_dirs(setup.hidden) + _lab_folders() + [Path(p).resolve() for p in setup.readable]
-    argv = bwrap_argv(start, readable=readable, writable=[rundir], env=kernel_env(setup))
+             python_executable(), "-m", "ipykernel_launcher", "-f", "{connection_file}"]  # fmt: skip
+    argv = bwrap_argv(start, readable=_readable(setup), writable=[rundir], env=kernel_env(setup))
     return (cgroup.prefix() if cgroup else rlimit_prefix(setup.limits)) + argv
+
+
+def _readable(setup: KernelSetup) -> list[Path]:
+    return python_dirs(setup.hidden) + _lab_folders() + [Path(p).resolve() for p in setup.readable]
+
+
+def why_no_kernel(setup: KernelSetup, rundir: Path) -> str:
+    """Why a sandboxed kernel does not start here: the same sandbox importing the kernel, its output kept
+    (bubblewrap's own message); '' when that works."""
+    probe = [python_executable(), "-c", "import ipykernel_launcher, labutils, matplotlib_inline"]
+    return explain(rlimit_prefix(setup.limits) + bwrap_argv(probe, readable=_readable(setup), writable=[rundir],
+                                                            env=kernel_env(setup)))
 
 
 def kernel_manager(setup: KernelSetup, rundir: Path, cgroup: Cgroup | None, n: int) -> AsyncKernelManager | None:

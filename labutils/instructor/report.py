@@ -36,6 +36,11 @@ img{max-width:100%;border:1px solid #ddd}figcaption{font-size:small;color:#555}"
 
 def report_html(result: GradeResult, runs: dict[str, Run]) -> str:
     """One student's report: scores, flags, written answers and mark schemes, notes, code, figures (escaped)."""
+    return report_page(result, notebooks_html(runs))
+
+
+def report_page(result: GradeResult, notebooks: str) -> str:
+    """The report around ``notebooks`` (:func:`notebooks_html`): what a merge of marks rewrites."""
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(result.student)}: grading report"
              f"</title><style>{STYLE}</style></head><body>",
@@ -58,6 +63,15 @@ def report_html(result: GradeResult, runs: dict[str, Run]) -> str:
         parts.append("</table>")
     if result.notes:
         parts.append("<h2>What happened</h2><ul>" + "".join(f"<li>{e(n)}</li>" for n in result.notes) + "</ul>")
+    parts.append(notebooks)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def notebooks_html(runs: dict[str, Run]) -> str:
+    """The part of the report that shows each submitted notebook: errors, solution code, figures."""
+    e = html.escape
+    parts: list[str] = []
     for name, run in runs.items():
         parts.append(f"<h2>{e(name)}</h2>")
         if run.nb is None:
@@ -85,7 +99,6 @@ def report_html(result: GradeResult, runs: dict[str, Run]) -> str:
                              f"<figcaption>cell {n + 1}</figcaption></figure>")
         if len(figures) > FIGURE_CAP:
             parts.append(f"<p>{len(figures) - FIGURE_CAP} more figures not shown.</p>")
-    parts.append("</body></html>")
     return "\n".join(parts)
 
 

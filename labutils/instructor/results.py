@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Optional
 
 import nbformat
 
+from ..errors import LabError
+
 if TYPE_CHECKING:
     from .scoring import Verdict
     from .similarity import Match
@@ -91,6 +93,7 @@ class Run:
     similar: dict[str, Match] = field(default_factory=dict)  # exercise -> the closest reference (copy check)
     solutions: dict[str, str] = field(default_factory=dict)  # exercise -> the solution cell's code
     answers: dict[str, str] = field(default_factory=dict)  # question grade_id -> the student's cell
+    infrastructure: list[str] = field(default_factory=list)  # the grader's failures: not graded
     seconds: float = 0.0
 
 
@@ -98,3 +101,13 @@ class Run:
 def _points(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
+
+class NotGraded(LabError):
+    """Some students could not be graded for a reason that is not their code (the sandbox, a kernel, a
+    scoring process): they are not in grades.csv, and a re-run grades them."""
+
+    def __init__(self, results: list[GradeResult], causes: dict[str, str]) -> None:
+        self.results, self.causes = results, causes
+        first = next(iter(causes))
+        super().__init__(f"{len(causes)} student(s) not graded, e.g. {first}: {causes[first]}; fix the cause "
+                         "and run the same command again to grade them")

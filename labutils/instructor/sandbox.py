@@ -75,10 +75,74 @@ def bwrap_works() -> bool:
     return probe.returncode == 0
 
 
+def bwrap_problem() -> str:
+    """Why bubblewrap cannot make the grader's sandboxes here, in one line with its own message ('' when it can).
+
+    The probe asks for what every sandbox needs: all the namespaces, a fresh ``/dev`` and ``/proc``."""
+    import subprocess
+
+    path = bwrap()
+    if path is None or not sys.platform.startswith("linux"):
+        return INSTALL_HINT
+    try:
+        probe = subprocess.run([path, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--dev", "/dev",
+                                "--proc", "/proc", "--", "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"{path} does not run ({type(error).__name__}: {error}); {INSTALL_HINT}"
+    if probe.returncode == 0:
+        return ""
+    said = failure_line(probe.stderr, probe.returncode)
+    return f"bubblewrap cannot make the grader's sandbox here ({path}: {said}); {fix_for(said)}"
+
+
+def fix_for(said: str) -> str:
+    """How to fix what a failed sandbox said."""
+    text = said.lower()
+    if "proc" in text:
+        return ("it cannot mount a fresh /proc, as in a container that shares the host's PID namespace: grade "
+                "on the host, or in a container started with its own PID namespace and /proc unmasked "
+                "(e.g. docker run --security-opt systempaths=unconfined), or with --no-sandbox where the "
+                "students' code may do anything you can")
+    if "namespace" in text or "operation not permitted" in text or "permission denied" in text:
+        return ("unprivileged user namespaces are off here: enable them (sysctl kernel.unprivileged_userns_clone=1, "
+                "or on Ubuntu 24.04 kernel.apparmor_restrict_unprivileged_userns=0), or make bwrap setuid, or "
+                "grade with --no-sandbox where the students' code may do anything you can")
+    return ("run the same command with --no-sandbox on a copy to tell the sandbox from the environment, and "
+            "check that bubblewrap works: bwrap --ro-bind / / --unshare-all --proc /proc --dev /dev true")
+
+
 def require_bwrap() -> None:
     """Raise the one-line :class:`LabError` that says how to install bubblewrap, unless it works here."""
     if not bwrap_works():
         raise LabError(INSTALL_HINT)
+
+
+def python_executable() -> str:
+    """The Python to run in a sandbox: ``sys.executable`` with its folders resolved, so that an environment
+    reached through a symbolic link (``venv-link/bin/python``) is found at the resolved paths the sandbox
+    binds; the file name itself stays (a virtual environment's ``bin/python`` is a link that must stay one)."""
+    path = Path(sys.executable)
+    return str(path.parent.resolve() / path.name)
+
+
+def failure_line(stderr: bytes | str, status: int | None = None) -> str:
+    """The last lines a failed sandbox printed (bwrap's own message), as one line."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else str(stderr)
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    said = "; ".join(lines[-3:])[-600:]
+    return said or (f"it exited with status {status} and printed nothing" if status is not None else "no message")
+
+
+def explain(argv: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> str:
+    """Run a sandbox's command line again with its output kept, and say why it fails ('' when it works)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout,
+                              env=env if env is not None else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"{type(error).__name__}: {error}"
+    return "" if done.returncode == 0 else failure_line(done.stderr, done.returncode)
 
 
 def _contains(folder: Path, path: Path) -> bool:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import importlib
 import json
+import operator
 import os
 import secrets
 import shutil
@@ -36,7 +36,8 @@ from ..exercise import Case, Exercise, Net, Outcome
 from .collect import LabNotebook, nbgrader
 from .plain import PlainError, decode, encode
 from .results import ExerciseResult, QuestionResult, Run
-from .sandbox import Cgroup, Limits, bwrap_argv, make_cgroup, python_dirs, rlimit_prefix
+from .sandbox import (Cgroup, Limits, bwrap_argv, failure_line, make_cgroup, python_dirs, python_executable,
+                      rlimit_prefix)
 from .similarity import against_references
 
 PACKAGE = Path(__file__).resolve().parents[1]  # labutils/
@@ -63,6 +64,11 @@ class Verdict:
     passed: bool
     message: str  # "PASS: ..." or the one line that says why not
     cases: int = 0
+    infrastructure: bool = False  # the grader's side failed (no scoring process...): not the student's doing
+
+
+class ScoringUnavailable(RuntimeError):
+    """The scoring process could not be started: the grader's environment, never the submission, is at fault."""
 
 
 # ---------------------------------------------------------------- the solution's code
@@ -79,25 +85,99 @@ def _plain_constant(value: Any) -> bool:
     return value is None or type(value) in (bool, int, float, str)
 
 
+def _module_tree(module: str) -> ast.Module | None:
+    """The parsed source of a labutils module, read from its file: the grader never imports what a submission
+    names (``labutils.__main__`` would run the command line in the grader's process)."""
+    parts = module.split(".")
+    if parts[0] != "labutils" or not all(part.isidentifier() for part in parts):
+        return None
+    path = PACKAGE.joinpath(*parts[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    try:
+        return ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+             ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+
+
+def _arithmetic(node: ast.expr, lookup: Any) -> Any:
+    """A literal, or arithmetic on literals and the module's other constants (``MB = 1024**2``); ValueError
+    for anything else. ``lookup(name)`` is what :func:`_defined` says of a name."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        pass
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _arithmetic(node.operand, lookup)
+        return -value if isinstance(node.op, ast.USub) else +value
+    if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
+        left, right = _arithmetic(node.left, lookup), _arithmetic(node.right, lookup)
+        if not all(type(v) in (int, float) for v in (left, right)) or \
+                (isinstance(node.op, ast.Pow) and not (abs(right) <= 64 and abs(left) <= 2**64)):
+            raise ValueError("not a small number")
+        return OPERATORS[type(node.op)](left, right)
+    if isinstance(node, ast.Name):
+        found = lookup(node.id)
+        if found is not None and found[0] == "value":
+            return found[1]
+    raise ValueError("not a constant")
+
+
+def _defined(module: str, name: str, depth: int = 0) -> tuple[str, Any] | None:
+    """Where ``module``'s top-level ``name`` comes from, statically: ("value", constant) for a literal
+    assignment, ("home", module) for a function or class defined there or re-exported from another labutils
+    module; None when the source does not say."""
+    tree = _module_tree(module)
+    if tree is None or depth > 8:
+        return None
+    package = module.split(".") if (PACKAGE.joinpath(*module.split(".")[1:])).is_dir() else module.split(".")[:-1]
+    found = None
+    for node in tree.body:
+        unpacked = []  # SQUARE, DISC = 0, 1
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):
+            for target in node.targets:
+                if isinstance(target, ast.Tuple) and len(target.elts) == len(node.value.elts):
+                    unpacked += [v for t, v in zip(target.elts, node.value.elts)
+                                 if isinstance(t, ast.Name) and t.id == name]
+        if unpacked:
+            try:
+                value = _arithmetic(unpacked[-1], lambda other: _defined(module, other, depth + 1))
+                found = ("value", value) if _plain_constant(value) else None
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, ArithmeticError):
+                found = None
+        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            try:
+                value = _arithmetic(node.value, lambda other: _defined(module, other, depth + 1))
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, ArithmeticError):
+                found = None
+                continue
+            found = ("value", value) if _plain_constant(value) else None
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            found = ("home", module)
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if (alias.asname or alias.name) == name and alias.name != "*":
+                    base = package[: len(package) - node.level + 1] if node.level else []
+                    source = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                    found = _defined(source, alias.name, depth + 1) if source.startswith("labutils") else None
+    return found
+
+
 def _labutils_line(node: ast.ImportFrom) -> list[str]:
     """A ``from labutils... import`` line as the scoring process can run it: constants as values (``MB = 1048576``),
-    names that labutils re-exports from the module that defines them (``from labutils.models import get_layer``)."""
-    try:
-        module = importlib.import_module(node.module or "")
-    except Exception:
-        return [ast.unparse(node)]
+    names that labutils re-exports from the module that defines them (``from labutils.models import get_layer``).
+    Read from the modules' source files, never imported here."""
     lines = []
     for alias in node.names:
         bound = alias.asname or alias.name
-        value = getattr(module, alias.name, None)
-        home = getattr(value, "__module__", None)
-        if alias.name == "*" or value is None:
-            lines.append(ast.unparse(ast.ImportFrom(node.module, [alias], 0)))
-        elif _plain_constant(value):
-            lines.append(f"{bound} = {value!r}")
-        elif isinstance(home, str) and home.startswith("labutils.") and home != node.module \
-                and getattr(importlib.import_module(home), alias.name, None) is value:
-            lines.append(f"from {home} import {alias.name}" + (f" as {alias.asname}" if alias.asname else ""))
+        found = _defined(node.module or "", alias.name) if alias.name != "*" else None
+        if found is not None and found[0] == "value":
+            lines.append(f"{bound} = {found[1]!r}")
+        elif found is not None and found[1] != node.module:
+            lines.append(f"from {found[1]} import {alias.name}" + (f" as {alias.asname}" if alias.asname else ""))
         else:
             lines.append(ast.unparse(ast.ImportFrom(node.module, [alias], 0)))
     return lines
@@ -181,8 +261,21 @@ def verdict(exercise: Exercise, cases: list[Case], fixed: int, reply: Any) -> Ve
 # ---------------------------------------------------------------- the scoring processes
 
 
+def _module_level(tree: ast.AST) -> list[ast.AST]:
+    """The nodes that run when the module is imported: not the bodies of its functions (an import inside a
+    function runs only when it is called, and the scoring process calls only the exercise's ``modules``)."""
+    found, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        found.append(node)
+        todo += [child for child in ast.iter_child_nodes(node)
+                 if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+    return found
+
+
 def _labutils_imports(module: str) -> set[str]:
-    """The labutils modules that ``module``'s source imports (relative or absolute), read from its file."""
+    """The labutils modules that ``module``'s source imports when it is imported (relative or absolute), read
+    from its file; imports inside functions are not followed."""
     parts = module.split(".")
     path = PACKAGE.joinpath(*parts[1:])
     path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
@@ -192,7 +285,7 @@ def _labutils_imports(module: str) -> set[str]:
         return set()
     package = parts[:-1] if path.name != "__init__.py" else parts
     found = set()
-    for node in ast.walk(tree):
+    for node in _module_level(tree):
         if isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []
             name = ".".join([*base, *(node.module.split(".") if node.module else [])])
@@ -260,13 +353,13 @@ def site_dirs() -> list[Path]:
 def needed_entries(stage: Path, modules: tuple[str, ...]) -> list[Path]:
     """The entries of the site folders that importing torch, numpy and ``modules`` touches (a probe run)."""
     env = {**os.environ, "PYTHONPATH": str(stage), "PYTHONDONTWRITEBYTECODE": "1"}
-    probe = subprocess.run([sys.executable, "-c", PROBE, *modules], capture_output=True, text=True, env=env,
+    probe = subprocess.run([python_executable(), "-c", PROBE, *modules], capture_output=True, text=True, env=env,
                            timeout=START_TIMEOUT, cwd=str(stage))
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"the scoring process cannot import {', '.join(modules) or 'torch'}: {last}")
-    entries = set()
     sites = site_dirs()
+    entries = {pth for site in sites for pth in site.glob("*.pth")}  # paths added by .pth files, conda's too
     for name in json.loads(probe.stdout):
         path = Path(name)
         for site in sites:
@@ -287,7 +380,8 @@ class ScoringSetup:
     timeout: float = SCORE_TIMEOUT  # seconds for one exercise's cases
     modules: tuple[str, ...] = ()  # every exercise's modules: one probe finds the files they all need
     entries: Optional[list[Path]] = None  # what that probe found (site-packages entries)
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="labutils-scoring-")))
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=f"labutils-scoring-{os.getpid()}-")))
+    # named after the grader's process: what a run leaves behind can be told from another run's
 
 
 class Scorer:
@@ -300,9 +394,11 @@ class Scorer:
         self.cgroup: Optional[Cgroup] = None
         self.stage = _stage(modules, Path(tempfile.mkdtemp(prefix="stage-", dir=setup.workdir)))
         self.entries: Optional[list[Path]] = None
+        self.said = bytearray()
+        self.drain: Optional[asyncio.Future] = None
 
     def argv(self) -> list[str]:
-        command = [sys.executable, "-m", "labutils.instructor.scorer"]
+        command = [python_executable(), "-m", "labutils.instructor.scorer"]
         if not self.setup.sandboxed:
             return command
         if self.setup.entries is None:  # once per run, for all the scoring processes
@@ -325,11 +421,26 @@ class Scorer:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(self.stage), "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": str(self.setup.threads)}  # nothing else of the grader's environment
         self.process = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             start_new_session=True, cwd=str(self.stage))
-        ready = await asyncio.wait_for(self._read(), START_TIMEOUT)
+        self.said = bytearray()
+        self.drain = asyncio.ensure_future(self._drain(self.process.stderr))
+        try:
+            ready = await asyncio.wait_for(self._read(), START_TIMEOUT)
+        except (asyncio.IncompleteReadError, ConnectionError) as error:
+            await asyncio.wait([self.drain], timeout=5)
+            raise ScoringUnavailable(failure_line(bytes(self.said), self.process.returncode)) from error
         if ready != b"ready":
             raise RuntimeError("the scoring process did not start")
+
+    async def _drain(self, stream: Optional[asyncio.StreamReader]) -> None:
+        """Keep the first 8 kB the scoring process writes to stderr (bubblewrap's message), drop the rest."""
+        while stream is not None:
+            chunk = await stream.read(65536)
+            if not chunk:
+                return
+            if len(self.said) < 8192:
+                self.said += chunk[: 8192 - len(self.said)]
 
     async def _read(self) -> bytes:
         assert self.process and self.process.stdout
@@ -344,6 +455,9 @@ class Scorer:
             except ProcessLookupError:
                 pass
             await self.process.wait()
+        if self.drain is not None:
+            self.drain.cancel()
+            self.drain = None
         self.process = None
         if self.cgroup:
             await asyncio.get_running_loop().run_in_executor(None, self.cgroup.remove)
@@ -361,8 +475,9 @@ class Scorer:
                 except (OSError, RuntimeError, asyncio.TimeoutError, asyncio.IncompleteReadError) as error:
                     await self.stop()
                     if attempt == 2:
-                        return {"failure": f"the scoring process did not start ({type(error).__name__}: {error})",
-                                "outcomes": []}
+                        said = str(error) if isinstance(error, ScoringUnavailable) else \
+                            f"{type(error).__name__}: {error}".rstrip(": ")
+                        raise ScoringUnavailable(f"the scoring process did not start ({said})") from None
             assert self.process and self.process.stdin
             data = encode({**request, "timeout": timeout})
             try:
@@ -372,6 +487,9 @@ class Scorer:
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 await self.stop()  # killed from inside (os.kill(os.getppid(), 9)), or stuck: a new one next time
                 return {"failure": "the scoring process was killed while it ran this solution", "outcomes": []}
+            except asyncio.CancelledError:  # the run stops, or this student's time is up: never a stale reply
+                await self.stop()
+                raise
         try:
             return decode(answer)
         except PlainError as error:
@@ -399,8 +517,12 @@ class ScoringPool:
                        "modules": list(exercise.modules), "forbidden": list(exercise.forbidden),
                        "cases": [[_wire(a) for a in c.args] for c in cases]}
         except Exception as error:  # the registry's own cases failed: an instructor's bug, said plainly
-            return Verdict(False, f"the grader could not draw this exercise's cases ({type(error).__name__}: {error})")
-        reply = await self.scorer(tuple(exercise.modules)).score(request, self.setup.timeout)
+            return Verdict(False, f"the grader could not draw this exercise's cases ({type(error).__name__}: {error})",
+                           infrastructure=True)
+        try:
+            reply = await self.scorer(tuple(exercise.modules)).score(request, self.setup.timeout)
+        except ScoringUnavailable as error:
+            return Verdict(False, str(error), infrastructure=True)
         return verdict(exercise, cases, fixed, reply)
 
     async def close(self) -> None:
