@@ -266,8 +266,11 @@ def test_nothing_outside_the_sandbox_changed_and_nothing_left_running(attacked):
     assert attacked["received"] == []  # no sandbox reached the grader's network
     out = attacked["paths"]["out"]
     names = {p.name for p in out.iterdir()}
-    assert names == {"grades.csv", "marks-template.csv", "results"} | {f"{p.stem}.html"
-                                                                        for p in (out / "results").iterdir()}
+    graded = {p.stem for p in (out / "results").glob("*.json")}
+    assert names == {"grades.csv", "marks-template.csv", "results", "similarity.json", "similarity.html"} | \
+        {f"{stem}.html" for stem in graded}
+    assert {p.name for p in (out / "results").iterdir()} == \
+        {f"{stem}{kind}" for stem in graded for kind in (".json", ".notebooks.html")}
 
 
 def test_the_sandbox_limits_hold(attacked):
