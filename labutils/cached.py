@@ -32,11 +32,8 @@ import torch
 from torch import nn
 
 from .errors import LabError, LayerError
-from .gradcam import (
-    ClassSpec, Explanation, alpha_weights, class_gradients, class_targets, explanation_from_alpha, model_input,
-    placement, targets_for,
-)
-from .hooks import explaining, uncompiled
+from .gradcam import Explanation, alpha_weights, class_gradients, explanation_from_alpha
+from .inputs import ClassSpec, class_targets, explaining, model_input, placement, targets_for, uncompiled
 from .models import feature_layers, get_layer, model_name
 from .shortcut import HeadRecord, head_record, recording, shortcut_route
 

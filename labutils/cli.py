@@ -34,9 +34,10 @@ import torch
 from tqdm import tqdm
 
 from .errors import ImageError, LabError
-from .gradcam import Explanation, class_targets, gradcam, model_input
+from .gradcam import Explanation, gradcam
 from .guided import guided_backprop, guided_gradcam
 from .images import LabImage, load_image
+from .inputs import class_targets, model_input
 from .models import ARCHITECTURES, class_label, get_layer, load_model, predict
 from .overlay import METHOD_TITLES, explanation_image, labelled, title, untrained_banner
 

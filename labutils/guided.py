@@ -21,11 +21,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .gradcam import (
-    ClassSpec, Explanation, alpha_weights, class_gradients, class_targets, explanation_from_alpha,
-    model_input, on_device, targets_for,
-)
-from .hooks import capture, explaining, uncompiled
+from .gradcam import Explanation, alpha_weights, class_gradients, explanation_from_alpha
+from .hooks import capture
+from .inputs import ClassSpec, class_targets, explaining, model_input, on_device, targets_for, uncompiled
 from .models import default_layer, output_classes
 from .shortcut import Route, head_record, recording, shortcut_route
 

@@ -215,8 +215,7 @@ def output_classes(model: nn.Module) -> int | None:
 def predict(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[list[tuple[int, str, float]]]:
     """Top-k ``(class index, name, probability)`` for each image of the batch ``x``, in eval mode
     (as every explanation runs: a model in train mode would answer differently at each call)."""
-    from .gradcam import model_input  # these modules import this one
-    from .hooks import explaining, uncompiled
+    from .inputs import explaining, model_input, uncompiled  # these modules import this one
 
     model = uncompiled(model)
     images = model_input(model, x)
