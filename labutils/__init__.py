@@ -10,6 +10,7 @@ Read it next to the notebooks, one module per idea:
 - ``gradcam``  equations (1) and (2), post-processing, counterfactual maps
 - ``guided``   Guided Backpropagation and Guided Grad-CAM
 - ``shortcut`` the exact shortcut for equation (1) through VGG-16's / AlexNet's head (W1s^T g1)
+- ``predict``  the top-k classes of each image
 - ``overlay``  jet overlays and labelled figures
 - ``summary``  the architecture tables (the seed's Tables 1 and 2)
 
@@ -37,9 +38,9 @@ from .models import (
     get_layer,
     is_untrained,
     load_model,
-    predict,
     resolve_class,
 )
+from .predict import predict
 
 __all__ = [
     "Capture",

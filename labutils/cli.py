@@ -38,8 +38,9 @@ from .gradcam import Explanation, gradcam
 from .guided import guided_backprop, guided_gradcam
 from .images import LabImage, load_image
 from .inputs import class_targets, model_input
-from .models import ARCHITECTURES, class_label, get_layer, load_model, predict
+from .models import ARCHITECTURES, class_label, get_layer, load_model
 from .overlay import METHOD_TITLES, explanation_image, labelled, title, untrained_banner
+from .predict import predict
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 METHODS: dict[str, Callable[..., Explanation]] = {

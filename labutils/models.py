@@ -212,25 +212,6 @@ def output_classes(model: nn.Module) -> int | None:
     return linears[-1].out_features if linears else None
 
 
-def predict(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[list[tuple[int, str, float]]]:
-    """Top-k ``(class index, name, probability)`` for each image of the batch ``x``, in eval mode
-    (as every explanation runs: a model in train mode would answer differently at each call)."""
-    from .inputs import explaining, model_input, uncompiled  # these modules import this one
-
-    model = uncompiled(model)
-    images = model_input(model, x)
-    outputs = output_classes(model) or len(class_names())
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= outputs:
-        raise ClassError(f"k must be a whole number of classes from 1 to {outputs}, got {k!r}")
-    with explaining(model), torch.no_grad():
-        probs = model(images).softmax(dim=1)
-    top = probs.topk(k, dim=1)
-    names = class_names()
-    return [
-        [(int(i), names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values, top.indices)
-    ]
-
-
 # ---------------------------------------------------------------- input size
 
 _SAME_SIZE = (
