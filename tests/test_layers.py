@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("shortcut",),  # the exact shortcut for equation (1) (hooks)
     ("gradcam",),  # equations (1) and (2), section 5.5, gradcam()
     ("guided", "cached", "steps", "predict", "overlay"),  # built on gradcam
-    ("checks", "pipeline", "status"),  # what the notebooks use around the method
+    ("checks", "exploring", "pipeline", "status"),  # what the notebooks use around the method
     ("explorer", "instructor"),  # the explorer's widgets; the instructor's tools
     ("cli",),  # python -m labutils ...
     ("labutils", "__main__"),  # the front door (labutils/__init__.py) and ``python -m labutils``
