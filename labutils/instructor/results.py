@@ -14,8 +14,16 @@ from typing import TYPE_CHECKING, Optional
 import nbformat
 
 if TYPE_CHECKING:
-    from .scoring import Verdict
     from .similarity import Match
+
+
+@dataclass
+class Verdict:
+    """What scoring one exercise of one submission found (:mod:`labutils.instructor.scoring`)."""
+
+    passed: bool
+    message: str  # "PASS: ..." or the one line that says why not
+    cases: int = 0
 
 
 @dataclass

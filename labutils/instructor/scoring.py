@@ -35,7 +35,7 @@ import torch
 from ..exercise import Case, Exercise, Net, Outcome
 from .collect import LabNotebook, nbgrader
 from .plain import PlainError, decode, encode
-from .results import ExerciseResult, QuestionResult, Run
+from .results import ExerciseResult, QuestionResult, Run, Verdict
 from .sandbox import Cgroup, Limits, bwrap_argv, make_cgroup, python_dirs, rlimit_prefix
 from .similarity import against_references
 
@@ -54,15 +54,6 @@ files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
 files |= {line.split()[-1] for line in open("/proc/self/maps") if line.split()[-1].startswith("/")}
 print(json.dumps(sorted(f for f in files if f)))
 """
-
-
-@dataclass
-class Verdict:
-    """What scoring one exercise of one submission found."""
-
-    passed: bool
-    message: str  # "PASS: ..." or the one line that says why not
-    cases: int = 0
 
 
 # ---------------------------------------------------------------- the solution's code
