@@ -37,7 +37,7 @@ from .collect import LabNotebook, nbgrader
 from .plain import PlainError, decode, encode
 from .results import ExerciseResult, QuestionResult, Run, Verdict
 from .sandbox import Cgroup, Limits, bwrap_argv, make_cgroup, python_dirs, rlimit_prefix
-from .similarity import against_references
+from .similarity import against_references, python_source
 
 PACKAGE = Path(__file__).resolve().parents[1]  # labutils/
 STAGED = ("__init__.py", "exercise.py", "errors.py", "instructor/__init__.py", "instructor/plain.py",
@@ -57,11 +57,6 @@ print(json.dumps(sorted(f for f in files if f)))
 
 
 # ---------------------------------------------------------------- the solution's code
-
-
-def python_source(source: str) -> str:
-    """A cell's code with IPython magics and shell lines commented out."""
-    return "\n".join("#" + line if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
 
 
 def _plain_constant(value: Any) -> bool:
