@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gradcam",),  # equations (1) and (2), section 5.5, gradcam()
     ("guided", "cached", "steps", "predict", "overlay"),  # built on gradcam
     ("checks", "exploring", "pipeline", "status"),  # what the notebooks use around the method
-    ("explorer", "instructor"),  # the explorer's widgets; the instructor's tools
+    ("explorer", "handin", "instructor"),  # the explorer's widgets; the check before handing in; the grader
     ("cli",),  # python -m labutils ...
     ("labutils", "__main__"),  # the front door (labutils/__init__.py) and ``python -m labutils``
 ]
@@ -123,6 +123,10 @@ def breaches(imports: list[Import]) -> list[str]:
                          "import the module that defines the name")
             continue
         if i.source == i.target:
+            continue
+        undeclared = [unit(m) for m in (i.source, i.target) if not any(unit(m) in names for names in LAYERS)]
+        if undeclared:
+            found.append(f"{i.source} line {i.line}: {undeclared[0]!r} has no layer in LAYERS")
             continue
         low, high = layer_of(i.target), layer_of(i.source)
         if low >= high:
