@@ -7,6 +7,8 @@
     python -m labutils grade submissions/ [--out grades/] [--timeout 120] [--jobs 2] [--regrade alice]
     python -m labutils grade --marks marks.csv --out grades/          # merge the manual marks
     python -m labutils grade --out grades/ --roster roster.csv --export canvas   # canvas.csv (or moodle.csv)
+    python -m labutils grade submissions/ --no-execute --shard 2/4 --out grades/shards/2 [--feedback]
+    python -m labutils grade --merge grades/shards/* --out grades/ [--feedback]
     python -m labutils summary vgg16
     python -m labutils explain cat_dog.jpg --model vgg16 --class 243 --class "tiger cat" --out out/ --npz
     python -m labutils explain photos/ --model vgg16 --out out/          # a whole folder, batched
@@ -275,19 +277,33 @@ def grade(args: argparse.Namespace) -> None:
         check_assignment(args.assignment)
         roster = read_roster(Path(args.roster), args.export)
     results = None
+    if args.marks and args.merge:
+        raise LabError("--marks and --merge are two steps: merge the shards first, then the marks into --out")
+    if (args.marks or args.merge) and args.shard:
+        raise LabError("--shard grades a share of the submissions; give it without --marks or --merge")
     if args.marks:
         if args.submissions:
             raise LabError("--marks merges marks into graded results and runs no notebook: give no submissions")
-        results = merge_marks(Path(args.marks), Path(args.out))
+        results = merge_marks(Path(args.marks), Path(args.out), feedback=args.feedback)
+    elif args.merge:
+        from .instructor.shards import merge
+
+        if args.submissions:
+            raise LabError("--merge combines graded folders and runs no notebook: give no submissions")
+        results = merge([Path(p) for p in args.merge], Path(args.out), feedback=args.feedback)
     elif not args.submissions:
         if roster is None:
-            raise LabError("give the submissions to grade (files or folders), or --marks FILE to merge manual marks, "
-                           "or --roster FILE --export canvas|moodle to export the grades in --out")
+            raise LabError("give the submissions to grade (files or folders), or --merge DIR... to merge graded "
+                           "shards, or --marks FILE to merge manual marks, or --roster FILE --export canvas|moodle "
+                           "to export the grades in --out")
     else:
+        from .instructor.shards import parse_shard
+
         kw = {"instructor_dir": Path(args.notebooks)} if args.notebooks else {}
         results = grade_all([Path(p) for p in args.submissions], Path(args.out), timeout=args.timeout,
                             budget=args.budget, jobs=args.jobs, sandbox=not args.no_sandbox, memory=args.memory,
-                            regrade=tuple(args.regrade), **kw)
+                            regrade=tuple(args.regrade), execute=not args.no_execute,
+                            shard=parse_shard(args.shard) if args.shard else None, feedback=args.feedback, **kw)
     for r in results or []:
         flags = [e.grade_id for e in r.exercises if e.copied]
         flagged = f"  FLAG: {', '.join(flags)}" if flags else ""
@@ -343,6 +359,13 @@ def parser() -> argparse.ArgumentParser:
                    help="grade this student again (repeatable); others already graded in --out are skipped")
     p.add_argument("--no-sandbox", action="store_true", help="run the students' code without bubblewrap")
     p.add_argument("--marks", default=None, metavar="CSV", help="merge manual marks (student,question,points)")
+    p.add_argument("--no-execute", action="store_true",
+                   help="points from the scorers alone; do not run the notebooks (reports show the submitted outputs)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="grade only shard I of N of the students (1 <= I <= N)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="merge the --out folders of graded shards into --out (runs no notebook)")
+    p.add_argument("--feedback", action="store_true",
+                   help="also write feedback/<student>.html for the students (no mark schemes, no flags)")
     p.add_argument("--roster", default=None, metavar="CSV",
                    help="the class roster for --export (student,name,id,sis_user_id,sis_login_id,section,email)")
     p.add_argument("--export", default=None, choices=["canvas", "moodle"],

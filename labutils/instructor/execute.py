@@ -105,6 +105,7 @@ class Settings:
     budget: int
     kernel: KernelSetup
     plain_env: dict[str, str]  # the kernel's environment without a sandbox
+    execute: bool = True  # False (--no-execute): score only; the report shows the submitted outputs
 
 
 async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: Settings) -> None:

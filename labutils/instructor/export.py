@@ -111,7 +111,7 @@ def save(result: GradeResult, runs: dict[str, Run], out_dir: Path) -> None:
     _write_text(out_dir / "results" / f"{result.report.stem}.json", json.dumps(result.to_json(), indent=1))
 
 
-def merge_marks(marks: Path, out_dir: Path) -> list[GradeResult]:
+def merge_marks(marks: Path, out_dir: Path, feedback: bool = False) -> list[GradeResult]:
     """Merge manual marks into ``out_dir``'s results and rewrite grades.csv; no notebook is run.
 
     ``marks`` is a CSV with a header row and the columns ``student,question,points`` (more columns,
@@ -149,4 +149,8 @@ def merge_marks(marks: Path, out_dir: Path) -> list[GradeResult]:
     for result in results.values():
         _write_text(out_dir / "results" / f"{result.report.stem}.json", json.dumps(result.to_json(), indent=1))
     write_csv(list(results.values()), out_dir / "grades.csv")
+    if feedback:  # the students' pages, with the marks just merged
+        from .feedback import write_feedback
+
+        write_feedback(list(results.values()), out_dir)
     return list(results.values())

@@ -5,9 +5,9 @@
     python -m labutils grade --merge grades/shards/* --out grades/ --feedback
 
 Each file holds one student's points, each exercise's PASS or the one-line cause of its FAIL, their
-written answers with the marks given (or "not marked yet"), and what happened while their notebooks
-were graded. It never holds a mark scheme, a FLAG (the "copy of the reference" note is for the
-instructor), the solution code's figures, or anything of another student: it is built from that
+solution code as graded, their written answers with the marks given (or "not marked yet"), and what happened while their notebooks
+were graded. It never holds a mark scheme, a FLAG or a similarity score (the copy check is for the instructor),
+or anything of another student: it is built from that
 student's ``results/<student>.json`` only, and every text in it is escaped.
 """
 
@@ -16,7 +16,9 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .grading import STYLE, GradeResult, _points, _write_text
+from .export import _write_text
+from .report import STYLE
+from .results import GradeResult, _points
 
 
 def feedback_html(result: GradeResult) -> str:
@@ -32,6 +34,10 @@ def feedback_html(result: GradeResult) -> str:
         parts.append(f"<tr><td>{e(x.notebook)}</td><td>{e(x.grade_id)}</td><td>{_points(x.points)} / "
                      f"{_points(x.max_points)}</td><td>{verdict}</td><td>{e(x.message)}</td></tr>")
     parts.append("</table>")
+    solutions = [x for x in result.exercises if getattr(x, "solution", "")]
+    if solutions:
+        parts.append("<h2>Your solutions, as graded</h2>" + "".join(
+            f"<h3>{e(x.grade_id)}</h3><pre>{e(x.solution)}</pre>" for x in solutions))
     if result.questions:
         parts.append("<h2>Written answers (marked by hand)</h2><table><tr><th>question</th><th>your answer</th>"
                      "<th>points</th></tr>")

@@ -59,6 +59,7 @@ from .execute import FIGURES_CAP, KERNEL_STARTS, OUTPUT_CAP, TIMEOUT_ERROR, Sett
 from .export import (FORMULA_START, file_name, from_spreadsheet, load_results, merge_marks, save,
                      spreadsheet_safe, write_csv, write_marks_template, write_similarity)
 from .kernel import KernelSetup
+from .progress import Progress
 from .report import FIGURE_CAP, STYLE, report_html
 from .results import ExerciseResult, GradeResult, QuestionResult, Run
 from .sandbox import NO_SANDBOX_WARNING, Limits, bwrap_works, cgroups_work, INSTALL_HINT
@@ -93,6 +94,11 @@ async def grade_notebook(name: str, paths: list[Path], lab: LabNotebook, setting
     nb, notes = runnable_copy(submitted)
     other = release_note(submitted, release)
     run = Run(name, nb, notes + ([other] if other else []))
+    if not settings.execute:  # --no-execute: the points alone; the report shows the file's own outputs
+        run.submitted = submitted
+        await score_notebook(submitted, lab, run, pool)
+        run.seconds = time.monotonic() - began
+        return run
     rundir = Path(tempfile.mkdtemp(prefix="labutils-kernel-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK)
                                    else None))
     try:
@@ -121,6 +127,9 @@ def grade(
     readable: tuple[Path, ...] = (),
     score_timeout: float = 60.0,
     progress: bool = True,
+    execute: bool = True,
+    shard: Optional[tuple[int, int]] = None,
+    feedback: bool = False,
 ) -> list[GradeResult]:
     """Grade every submission (files or folders of .ipynb); write reports, results and ``grades.csv``.
 
@@ -128,6 +137,10 @@ def grade(
     ``memory`` GiB per sandbox. Students already graded in ``out_dir`` are skipped unless in ``regrade``.
     ``readable``: more folders the kernels may read (e.g. a module the notebooks import);
     ``score_timeout``: seconds for the scoring of one exercise (all its cases).
+    ``execute=False`` (``--no-execute``): the points from the scorers alone, no notebook is run; the reports
+    show the submitted outputs as data (:mod:`labutils.instructor.submitted`). ``shard=(I, N)``: grade only
+    the students of shard I of N (:mod:`labutils.instructor.shards`). ``feedback``: also write
+    ``feedback/<student>.html`` for the students (:mod:`labutils.instructor.feedback`).
     """
     if timeout < 1 or jobs < 1 or budget < 1 or not memory > 0:
         raise LabError(f"--timeout, --budget and --jobs must be at least 1 and --memory above 0, got {timeout}, "
@@ -141,12 +154,19 @@ def grade(
     if not students:
         raise LabError("no submission matches a notebook of the lab: name the files like the lab's notebooks, "
                        f"e.g. alice_{next(iter(lab))} or alice/{next(iter(lab))}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done = load_results(out_dir)
     unknown = sorted(set(regrade) - set(students))
     if unknown:
         raise LabError(f"--regrade {', '.join(unknown)}: no such student among the submissions")
+    if shard is not None:  # the same share of the class whatever the order of the files
+        from .shards import in_shard, write_marker
+
+        students = {s: students[s] for s in in_shard(sorted(students), shard)}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if shard is not None:
+        (out_dir / "results").mkdir(exist_ok=True)
+        write_marker(out_dir, shard, list(students))
+    done = load_results(out_dir)
     todo = sorted(s for s in students if s not in done or s in regrade)
     if not sandbox:
         tqdm.write(NO_SANDBOX_WARNING, file=sys.stderr)
@@ -163,12 +183,16 @@ def grade(
     plain_env.setdefault("LABUTILS_WEIGHTS", "random")
     plain_env.setdefault("OMP_NUM_THREADS", threads)
     settings = Settings(timeout, budget, KernelSetup(sandbox, limits, hidden, [Path(p) for p in readable],
-                                                     {"OMP_NUM_THREADS": threads}, cgroups), plain_env)
+                                                     {"OMP_NUM_THREADS": threads}, cgroups), plain_env, execute)
     every = tuple(sorted({m for notebook in lab.values() for g in notebook.exercises for m in g.exercise.modules}))
     pool_setup = ScoringSetup(sandbox, Limits(memory=int(min(memory, 2.0) * 2**30), pids=64), hidden, cgroups, 1,
                               score_timeout, every)
     release = current_release(Path(instructor_dir))
     results = run_sync(_run_all)(todo, students, lab, settings, pool_setup, jobs, out_dir, done, progress, release)
+    if feedback:
+        from .feedback import write_feedback
+
+        write_feedback(list(results.values()), out_dir)
     return [results[s] for s in sorted(students) if s in results]
 
 
@@ -192,8 +216,7 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
     pool = ScoringPool(pool_setup)
     results = dict(done)
     saving = asyncio.Lock()
-    total = sum(len(students[s]) for s in todo)
-    bar = tqdm(total=total, desc="grading", unit="notebook", disable=not progress)
+    bar = Progress(len(todo), enabled=progress)  # students done, failures so far, time left
 
     async def notebook(name: str, paths: list[Path]) -> Run:
         async with slots:
@@ -201,8 +224,6 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
                 return await grade_notebook(name, paths, lab[name], settings, pool, release)
             except Exception as error:  # whatever went wrong, the other notebooks are still graded
                 return Run(name, None, [f"grading {name} failed: {type(error).__name__}: {error}"])
-            finally:
-                bar.update()
 
     async def student(sid: str) -> None:
         mine = students[sid]
@@ -224,12 +245,15 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
         result = GradeResult(sid, exercises, out_dir / f"{file_name(sid)}.html", notes,
                              sum(r.seconds for r in runs.values()), questions)
         async with saving:
+            failed = any(r.nb is None and len(mine[r.notebook]) == 1 for r in runs.values())  # unreadable, crashed
             try:
                 save(result, runs, out_dir)
             except Exception as error:
                 result.notes.append(f"saving failed: {type(error).__name__}: {error}")
+                failed = True
             results[sid] = result
             write_csv(list(results.values()), out_dir / "grades.csv")
+            bar.student(sid, failed)
 
     try:
         await asyncio.gather(*(student(s) for s in todo))

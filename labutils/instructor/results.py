@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import nbformat
 
@@ -100,6 +100,7 @@ class Run:
     solutions: dict[str, str] = field(default_factory=dict)  # exercise -> the solution cell's code
     answers: dict[str, str] = field(default_factory=dict)  # question grade_id -> the student's cell
     seconds: float = 0.0
+    submitted: Any = None  # --no-execute: the submitted file, whose outputs the report shows as data
 
 
 

@@ -10,7 +10,8 @@ machine, and a shard that is run again grades the same students. Each shard writ
 (its place, ``I`` of ``N``, and its students) beside its results.
 
 **The merge** reads the ``results/`` of each folder, checks everything, then writes the class's
-``grades.csv``, ``marks-template.csv``, ``results/``, the reports (and ``feedback/`` if asked) into
+``grades.csv``, ``marks-template.csv``, ``results/``, the reports, the class's similar pairs
+(``similarity.json``/``.html``, found across the shards) and ``feedback/`` if asked, into
 ``--out``, exactly as one run over the whole class would have. It refuses, naming what to fix:
 
 - shards of different splits (``2/4`` beside ``1/3``), a shard given twice, a shard missing;
@@ -33,7 +34,8 @@ import shutil
 from pathlib import Path
 
 from ..errors import LabError
-from .grading import (GradeResult, _write_text, load_results, write_csv, write_marks_template)
+from .export import _write_text, load_results, write_csv, write_marks_template, write_similarity
+from .results import GradeResult
 
 MARKER = "shard.json"
 
@@ -191,6 +193,7 @@ def merge(folders: list[Path], out_dir: Path, feedback: bool = False) -> list[Gr
     results = [merged[s] for s in sorted(merged)]
     write_csv(results, out_dir / "grades.csv")
     write_marks_template(results, out_dir / "marks-template.csv")
+    write_similarity(results, out_dir)  # the class's similar pairs: across shards, as one run finds them
     if feedback:
         from .feedback import write_feedback
 
