@@ -107,13 +107,21 @@ NodeName={host} CPUs={cpus} RealMemory={max(memory, 1024)} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
     env = {**os.environ, "SLURM_CONF": str(conf)}
+
+    def start(argv: list[str], log: Path) -> None:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
+            raise RuntimeError(f"{Path(argv[-1] if argv[0] != 'runuser' else argv[4]).name} did not start "
+                               f"({done.returncode}): {done.stderr.strip()[-500:]} {tail}")
+
     try:
-        subprocess.run(["runuser", "-u", "munge", "--", _binary("munged"), f"--socket={munge}/munge.socket",
-                        f"--key-file={key}", f"--pid-file={munge}/munged.pid", f"--log-file={munge}/munged.log",
-                        f"--seed-file={munge}/munged.seed"], check=True, capture_output=True, timeout=30)
+        start(["runuser", "-u", "munge", "--", _binary("munged"), f"--socket={munge}/munge.socket",
+               f"--key-file={key}", f"--pid-file={munge}/munged.pid", f"--log-file={munge}/munged.log",
+               f"--seed-file={munge}/munged.seed"], munge / "munged.log")
         pids.append(_pid(munge / "munged.pid"))
-        for daemon, pidfile in (("slurmctld", "slurmctld.pid"), ("slurmd", "slurmd.pid")):
-            subprocess.run([_binary(daemon)], env=env, check=True, capture_output=True, timeout=60)
+        for daemon, pidfile, log in (("slurmctld", "slurmctld.pid", "ctld.log"), ("slurmd", "slurmd.pid", "d.log")):
+            start([_binary(daemon)], folder / "log" / log)
             pids.append(_pid(folder / pidfile))
         deadline = time.monotonic() + 60
         while True:  # the node is "unk" for a few seconds, then idle (ReturnToService=2)
