@@ -76,6 +76,15 @@ def test_the_cluster_scripts_ship_with_the_package(tmp_path):
     assert all(os.access(p, os.X_OK) for p in copied if p.suffix in (".sh", ".sbatch"))
     for script in ("submit-slurm.sh", "grade.sbatch", "merge.sbatch"):
         assert subprocess.run(["bash", "-n", str(FOLDER / script)]).returncode == 0
+    yaml = pytest.importorskip("yaml")
+    (grade,) = yaml.safe_load_all((FOLDER / "grade-indexed-job.yaml").read_text())
+    (merge,) = yaml.safe_load_all((FOLDER / "merge-job.yaml").read_text())
+    assert grade["kind"] == merge["kind"] == "Job" and grade["spec"]["completionMode"] == "Indexed"
+    container = grade["spec"]["template"]["spec"]["containers"][0]
+    shards = {e["name"]: e["value"] for e in container["env"]}["SHARDS"]
+    assert int(shards) == grade["spec"]["completions"]  # the pods' N is the Job's
+    assert '--shard "$i/$SHARDS"' in container["args"][0] and "JOB_COMPLETION_INDEX + 1" in container["args"][0]
+    assert "--merge /class/grades/shards/*" in merge["spec"]["template"]["spec"]["containers"][0]["args"][0]
 
 
 def test_a_class_graded_in_shards_through_slurm_equals_the_one_machine_run(tmp_path, monkeypatch, capsys):
