@@ -114,6 +114,7 @@ def test_a_class_graded_in_shards_through_slurm_equals_the_one_machine_run(tmp_p
     assert sorted(sum(held, [])) == [f"student{n}" for n in range(9)]
     assert (out / "grades.csv").read_bytes() == (one / "grades.csv").read_bytes()
     assert (out / "marks-template.csv").read_bytes() == (one / "marks-template.csv").read_bytes()
+    assert (out / "similarity.json").read_bytes() == (one / "similarity.json").read_bytes()  # pairs across shards
     names = sorted(p.name for p in (one / "results").iterdir())
     assert sorted(p.name for p in (out / "results").iterdir()) == names and len(names) == 9
     for name in names:
