@@ -74,7 +74,8 @@ def train_steps(optimizer_class, steps: int = 1, params=lambda m: m.classifier.p
 
 def noise_like(w: torch.Tensor, seed: int = 2) -> torch.Tensor:
     """Noise of the weight's scale, for every entry (whole rows change)."""
-    return 0.7 * w.detach().std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)).to(w.device, w.dtype)
+    return 0.7 * w.detach().std() * noise
 
 
 def other_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -165,17 +166,28 @@ def every_method(model: nn.Module, x: torch.Tensor, what: str, layer: str = LAYE
     return fast.raw
 
 
-@pytest.mark.parametrize("change", list(CHANGES))
+CUDA_CHANGES = {  # capturable steps keep their state on the device: CUDA only
+    "Adam, capturable": train_steps(torch.optim.Adam, capturable=True),
+    "AdamW, capturable, foreach": train_steps(torch.optim.AdamW, capturable=True, foreach=True),
+    "Adam, fused (CUDA)": train_steps(torch.optim.Adam, fused=True),
+    ".data edit (CUDA)": CHANGES[".data edit"],
+}
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
+
+
+@pytest.mark.parametrize("change", [*CHANGES, *(pytest.param(c, marks=CUDA) for c in CUDA_CHANGES)])
 def test_every_weight_change_is_seen_by_every_method(change, x):
     model = small_alexnet()
+    if change in CUDA_CHANGES:
+        model, x = model.cuda(), x.cuda()
     before = every_method(model, x, "before")  # W1s cached, kept passes recorded
     a = features_at(model, LAYER, x)
     kept = {"shortcut": head_pass(model, LAYER, a, fold=True), "autograd": head_pass(model, LAYER, a, shortcut=False)}
-    CHANGES[change](model, x)
+    {**CHANGES, **CUDA_CHANGES}[change](model, x)
     after = every_method(model, x, change)
     assert (after - before).abs().max() > 1e-3 * before.abs().max(), f"{change}: the maps did not change"
     assert torch.equal(summed_weights(model.classifier[1], 32),
-                       w1(model).detach().reshape(64, 32, 9).sum(2)), f"{change}: W1s is stale"
+                       w1(model).detach().reshape(64, 32, 9).sum(2, dtype=torch.float32)), f"{change}: W1s is stale"
     for path, run in kept.items():
         with pytest.raises(labutils.LabError, match="weights changed"):
             class_weights(run, 1)
