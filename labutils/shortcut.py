@@ -279,8 +279,8 @@ class Seal:
     def check(self) -> None:
         why = self.changed()
         if why is not None:
-            raise LabError(f"the model's weights changed after this forward pass ({why}): run it again "
-                           "(head_pass, or the explorer's next image)")
+            raise LabError(f"the model's weights changed since this head pass ({why}): run head_pass again "
+                           "(the explorer: load the image again)")
 
 
 # ---------------------------------------------------------------- W1s, cached per model
