@@ -33,7 +33,9 @@ from torch import nn
 
 from .errors import LabError, LayerError
 from .gradcam import Explanation, alpha_weights, class_gradients, explanation_from_alpha
-from .inputs import ClassSpec, class_targets, explaining, model_input, placement, targets_for, uncompiled
+from .inputs import (
+    ClassSpec, class_targets, differentiable, explaining, model_input, placement, targets_for, uncompiled,
+)
 from .models import feature_layers, get_layer, model_name
 from .shortcut import HeadRecord, Seal, head_record, recording, shortcut_route
 
@@ -131,6 +133,7 @@ def head_pass(
             if fold:
                 record.fold()
             return HeadPass(layer, a, scores, record=record, seal=Seal.of(model, head_weights(model, layer)))
+        differentiable(model)
         start = a.requires_grad_(True)
         with torch.enable_grad():
             scores = head(model, layer)(start.clone())  # clone: an inplace ReLU above the layer must not change A^k

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from labutils.errors import ClassError
 from labutils.models import class_names, resolve_class, similar_classes
@@ -27,3 +28,12 @@ def test_whole_words_only_then_spelling():
     assert [names[i] for i in similar_classes("tiger kat", names)][0] == "tiger cat"  # no word match: spelling
     assert [names[i] for i in similar_classes("catamarn", names)][0] == "catamaran"
     assert similar_classes("   ", names) == []
+
+
+def test_a_classes_tensor_on_the_meta_device_is_one_class_error():
+    """Issue 22, item 6: it was a raw NotImplementedError ("Cannot copy out of meta tensor")."""
+    from labutils.inputs import class_targets
+
+    with pytest.raises(ClassError, match="meta device"):
+        class_targets(torch.tensor([[1, 2]], device="meta"), 1)
+    assert class_targets(torch.tensor([[1, 2]]), 1).tolist() == [[1, 2]]

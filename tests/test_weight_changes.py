@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import labutils
 from labutils import gradcam, guided_gradcam
 from labutils import shortcut as shortcut_module
+from labutils.errors import ModelError
 from labutils.cached import class_weights, explanation_from_weights, features_at, gradcam_from_features, head_pass
 from labutils.shortcut import fingerprint, shortcut_route, summed_weights
 
@@ -315,6 +316,10 @@ def test_a_model_built_under_inference_mode(x):
     with torch.no_grad():
         w1(twin).mul_(-1)
     same_as_twin("an inference tensor edited in place")
+    for call in (lambda: gradcam(model, x, CLASSES, LAYER, shortcut=False), lambda: guided_gradcam(model, x, CLASSES, LAYER),
+                 lambda: head_pass(model, LAYER, features_at(model, LAYER, x), shortcut=False)):
+        with pytest.raises(ModelError, match="inference_mode"):  # was autograd's raw RuntimeError
+            call()
 
 
 # ---------------------------------------------------------------- class-level patches and torch modes
