@@ -32,6 +32,7 @@ from .inputs import (
     uncompiled,
 )
 from .inputs import check_images, placement, top_classes, within  # noqa: F401  (still importable from here)
+from .inputs import differentiable
 from .models import default_layer, output_classes
 from .shortcut import Route, head_record, recording, shortcut_route
 
@@ -218,6 +219,7 @@ def gradcam(
         if route is not None and route.shortcut:
             activations, scores, targets, alpha = alpha_by_shortcut(model, layer, route, images, targets, dtype)
         else:
+            differentiable(model)
             activations, scores, targets, alpha = alpha_by_autograd(model, layer, images, targets, dtype)
         path = "shortcut" if route is not None and route.shortcut else "autograd"
         size = tuple(x.shape[-2:])

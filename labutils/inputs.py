@@ -93,6 +93,16 @@ def placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
+def differentiable(model: nn.Module) -> None:
+    """Refuse, as one ModelError, weights autograd cannot differentiate through: inference tensors (a model built or
+    loaded under ``torch.inference_mode()``). The shortcut needs no autograd; every other path does."""
+    if any(p.is_inference() for p in model.parameters()):
+        raise ModelError("the model's weights were made under torch.inference_mode(): autograd cannot run through "
+                         "them (only the shortcut at the lab's layers can); build or load the model outside "
+                         "inference mode (torch.no_grad() is fine), or copy it: model.load_state_dict("
+                         "{k: v.clone() for k, v in model.state_dict().items()}, assign=True)")
+
+
 # ---------------------------------------------------------------- the classes
 
 
@@ -105,6 +115,9 @@ def class_targets(classes: ClassSpec, n_images: int, outputs: int | None = None)
     """
     if classes is None:
         return None
+    if isinstance(classes, torch.Tensor) and classes.device.type == "meta":
+        raise ClassError(f"the classes tensor {tuple(classes.shape)} is on the meta device: it has a shape but no "
+                         "values; give the class indices as a tensor on the CPU (or the images' device), or a list")
     classes = classes.tolist() if hasattr(classes, "tolist") else classes  # numpy / torch -> Python
     if isinstance(classes, (int, str)):
         return within(torch.full((n_images, 1), resolve_class(classes), dtype=torch.long), outputs)
