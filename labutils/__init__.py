@@ -6,17 +6,19 @@ Read it next to the notebooks, one module per idea:
 - ``weights``  the pretrained weight files (cache, download, safe loading)
 - ``images``   image file -> normalized 1x3x224x224 tensor
 - ``data``     the sample images (manifest, checksums, fetch)
+- ``inputs``   what protects the method: input checks, placement, class targets, precision
 - ``hooks``    forward and gradient hooks: A^k and dy^c/dA^k (section 5.1)
 - ``gradcam``  equations (1) and (2), post-processing, counterfactual maps
 - ``guided``   Guided Backpropagation and Guided Grad-CAM
 - ``shortcut`` the exact shortcut for equation (1) through VGG-16's / AlexNet's head (W1s^T g1)
+- ``predict``  the top-k classes of each image
 - ``overlay``  jet overlays and labelled figures
 - ``summary``  the architecture tables (the seed's Tables 1 and 2)
 
 The Grad-CAM itself is in ``hooks``, ``gradcam`` and ``guided``: start there (``shortcut`` after). Around it:
 
 - ``cached``   Grad-CAM from kept feature maps: only the head is recomputed (for the explorer)
-- ``explorer`` the interactive ipywidgets explorer of the results notebook
+- ``explorer`` the interactive ipywidgets explorer of the results notebook (``exploring``: its computation)
 - ``checks``   the exercise checks of notebooks 02-04
 - ``status``   the environment check of notebook 00
 - ``exercise`` what an exercise is: the contract between the checks and the grader
@@ -37,9 +39,9 @@ from .models import (
     get_layer,
     is_untrained,
     load_model,
-    predict,
     resolve_class,
 )
+from .predict import predict
 
 __all__ = [
     "Capture",

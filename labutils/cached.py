@@ -32,13 +32,12 @@ import torch
 from torch import nn
 
 from .errors import LabError, LayerError
-from .gradcam import (
-    ClassSpec, Explanation, alpha_weights, class_gradients, class_targets, explanation_from_alpha, model_input,
-    placement, targets_for,
+from .gradcam import Explanation, alpha_weights, class_gradients, explanation_from_alpha
+from .inputs import (
+    ClassSpec, class_targets, differentiable, explaining, model_input, placement, targets_for, uncompiled,
 )
-from .hooks import explaining, uncompiled
 from .models import feature_layers, get_layer, model_name
-from .shortcut import HeadRecord, head_record, recording, shortcut_route
+from .shortcut import HeadRecord, Seal, head_record, recording, shortcut_route
 
 INPUT_SIZE = (224, 224)  # the input size of the lab's models, the size the maps are upsampled to
 
@@ -88,6 +87,7 @@ class HeadPass:
     scores: torch.Tensor  # y (N, 1000), computed from A^k by the head
     start: torch.Tensor | None = None  # autograd: the leaf A^k the gradients are taken for
     record: HeadRecord | None = None  # shortcut: the classifier's ReLU masks and W1s, as they were for this pass
+    seal: Seal | None = None  # the head's weights as they were for this pass: later classes refuse once they change
 
     @property
     def path(self) -> str:
@@ -132,15 +132,25 @@ def head_pass(
             record = head_record(model, route, hidden, a)
             if fold:
                 record.fold()
-            return HeadPass(layer, a, scores, record=record)
+            return HeadPass(layer, a, scores, record=record, seal=Seal.of(model, head_weights(model, layer)))
+        differentiable(model)
         start = a.requires_grad_(True)
         with torch.enable_grad():
             scores = head(model, layer)(start.clone())  # clone: an inplace ReLU above the layer must not change A^k
-    return HeadPass(layer, start, scores, start=start)
+    return HeadPass(layer, start, scores, start=start, seal=Seal.of(model, head_weights(model, layer)))
+
+
+def head_weights(model: nn.Module, layer: str) -> list[str]:
+    """The names of the parameters above ``layer`` (``features`` after it and the classifier): what a head pass used."""
+    i = layer_index(model, layer)
+    names = [f"features.{j}" for j in range(i + 1, len(model.features))] + ["avgpool", "classifier"]
+    return [f"{prefix}.{n}" for prefix in names for n, _ in get_layer(model, prefix).named_parameters()]
 
 
 def weights_from_pass(run: HeadPass, targets: torch.Tensor, *, retain_graph: bool) -> torch.Tensor:
     """Equation (1) for the classes (N, K) from a head pass: alpha_k^c (N, K, C), by autograd or the shortcut."""
+    if run.seal is not None:
+        run.seal.check()  # a LabError once any weight of the head changed, optimizer steps of every kind included
     if run.record is not None:
         return run.record.alpha(targets)
     try:

@@ -7,13 +7,16 @@
     python -m labutils grade submissions/ [--out grades/] [--timeout 120] [--jobs 2] [--regrade alice]
     python -m labutils grade --marks marks.csv --out grades/          # merge the manual marks
     python -m labutils grade --out grades/ --roster roster.csv --export canvas   # canvas.csv (or moodle.csv)
+    python -m labutils grade submissions/ --no-execute --shard 2/4 --out grades/shards/2 [--feedback]
+    python -m labutils grade --merge grades/shards/* --out grades/ [--feedback]
     python -m labutils summary vgg16
     python -m labutils explain cat_dog.jpg --model vgg16 --class 243 --class "tiger cat" --out out/ --npz
     python -m labutils explain photos/ --model vgg16 --out out/          # a whole folder, batched
 
 Bad input gives one line on stderr and a non-zero exit status, never a traceback. ``explain`` reads
-the images a batch at a time; an image that cannot be used does not stop the others, the failures are
-listed at the end. Exit status: 0 when every image was explained, 1 when some were and others failed,
+the images a batch at a time; an image that cannot be used (whatever goes wrong while reading or
+explaining it) does not stop the others, the failures are listed at the end. File names that are not
+valid in the terminal's encoding are printed with backslash escapes (``caf\xe9.jpg``). Exit status: 0 when every image was explained, 1 when some were and others failed,
 2 when nothing was done (bad input, weights, class or layer, or no image usable) or a result could not
 be written (a full disk: the run stops, the files written before are complete).
 """
@@ -34,11 +37,13 @@ import torch
 from tqdm import tqdm
 
 from .errors import ImageError, LabError
-from .gradcam import Explanation, class_targets, gradcam, model_input
+from .gradcam import Explanation, gradcam
 from .guided import guided_backprop, guided_gradcam
 from .images import LabImage, load_image
-from .models import ARCHITECTURES, class_label, get_layer, load_model, predict
+from .inputs import class_targets, model_input
+from .models import ARCHITECTURES, class_label, get_layer, load_model
 from .overlay import METHOD_TITLES, explanation_image, labelled, title, untrained_banner
+from .predict import predict
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 METHODS: dict[str, Callable[..., Explanation]] = {
@@ -47,6 +52,27 @@ METHODS: dict[str, Callable[..., Explanation]] = {
     "guided-backprop": lambda model, x, classes, layer: guided_backprop(model, x, classes),
     "guided-gradcam": lambda model, x, classes, layer: guided_gradcam(model, x, classes, layer),
 }
+
+
+class ResultNotWritten(LabError):
+    """A result file could not be written (a full disk...): the run stops there (exit status 2)."""
+
+
+def printable(text: str, stream=None) -> str:
+    """``text`` as the stream can print it: bytes of a non-UTF-8 file name (surrogate escapes) and characters
+    the stream's encoding lacks become backslash escapes, instead of a UnicodeEncodeError."""
+    encoding = getattr(stream or sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
+def say(text: str, stream=None) -> None:
+    """Print one line that cannot fail on its characters (stdout by default)."""
+    stream = stream or sys.stdout
+    print(printable(text, stream), file=stream)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -125,7 +151,7 @@ def save_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def cannot_write(path: Path, exc: OSError) -> LabError:
     """The one-line error for a result that could not be written (the run stops: exit status 2)."""
-    return LabError(f"cannot write {path}: {exc.strerror or exc}; the run stopped there, the results written "
+    return ResultNotWritten(f"cannot write {path}: {exc.strerror or exc}; the run stopped there, the results written "
                     "before it are complete")
 
 
@@ -163,7 +189,7 @@ def explain_batch(args: argparse.Namespace, model: torch.nn.Module, batch: list[
     per_image = None if classes is None else [classes] * len(batch)
     exp = METHODS[args.method](model, x, per_image, args.layer)
     for n, (image, top5) in enumerate(zip(batch, predict(model, x, 5))):
-        tqdm.write(f"{image.path}: " + "; ".join(f"{class_label(i)} {p:.3f}" for i, _, p in top5))
+        tqdm.write(printable(f"{image.path}: " + "; ".join(f"{class_label(i)} {p:.3f}" for i, _, p in top5)))
         write_outputs(args, model, image, exp, n)
 
 
@@ -188,25 +214,47 @@ def explain(args: argparse.Namespace) -> int:
             for path in paths[start : start + args.batch_size]:
                 try:
                     batch.append(load_image(path))
-                except LabError as error:
-                    failures.append(" ".join(str(error).split()))
+                except Exception as error:  # noqa: BLE001 - one image's failure, whatever it is, is listed
+                    failures.append(one_line(path, error))
                     bar.update(1)
             if not batch:
                 continue
             if model is None:  # built at the first usable image: a run with none builds nothing
                 model = prepare_model(args)
-            explain_batch(args, model, batch, classes)
-            explained += len(batch)
+            done = explain_each(args, model, batch, classes, failures)
+            explained += done
             bar.update(len(batch))
     if explained:
-        print(f"wrote {METHOD_TITLES[args.method]} results for {explained} image(s) to {args.out}")
+        say(f"wrote {METHOD_TITLES[args.method]} results for {explained} image(s) to {args.out}")
     if len(failures) == 1 and not explained:
         raise LabError(failures[0])
     for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
+        say(f"error: {failure}", sys.stderr)
     if failures:
-        print(f"error: {len(failures)} of {len(paths)} images could not be explained (listed above)", file=sys.stderr)
+        say(f"error: {len(failures)} of {len(paths)} images could not be explained (listed above)", sys.stderr)
     return 0 if not failures else 1 if explained else 2
+
+
+def one_line(path: Path, error: Exception) -> str:
+    """A failure as one line: a LabError's own message (it names the file), else the file and the exception."""
+    text = str(error) if isinstance(error, LabError) else f"{path}: {type(error).__name__}: {error}"
+    return " ".join(text.split())
+
+
+def explain_each(args: argparse.Namespace, model: torch.nn.Module, batch: list[LabImage], classes: list | None,
+                 failures: list[str]) -> int:
+    """Explain a batch; if it fails, each image alone, so that one image's failure is its own. Returns how many
+    were explained. A result that cannot be written (ResultNotWritten) and an interrupt stop the run."""
+    try:
+        explain_batch(args, model, batch, classes)
+        return len(batch)
+    except (ResultNotWritten, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001
+        if len(batch) == 1:
+            failures.append(one_line(batch[0].path, error))
+            return 0
+    return sum(explain_each(args, model, [image], classes, failures) for image in batch)
 
 
 def fetch(args: argparse.Namespace) -> None:
@@ -214,7 +262,7 @@ def fetch(args: argparse.Namespace) -> None:
     from .data import fetch as fetch_all
 
     for path in fetch_all(Path(args.source) if args.source else None):
-        print(path)
+        say(str(path))
 
 
 def summary(args: argparse.Namespace) -> None:
@@ -239,7 +287,7 @@ def student(args: argparse.Namespace) -> None:
     from .instructor.student import default_notebooks, make_student_versions
 
     for path in make_student_versions([Path(p) for p in args.notebooks] or default_notebooks(), Path(args.out)):
-        print(path)
+        say(str(path))
 
 
 def release(args: argparse.Namespace) -> None:
@@ -273,20 +321,34 @@ def grade(args: argparse.Namespace) -> int:
         check_assignment(args.assignment)
         roster = read_roster(Path(args.roster), args.export)
     results, not_graded = None, {}
+    if args.marks and args.merge:
+        raise LabError("--marks and --merge are two steps: merge the shards first, then the marks into --out")
+    if (args.marks or args.merge) and args.shard:
+        raise LabError("--shard grades a share of the submissions; give it without --marks or --merge")
     if args.marks:
         if args.submissions:
             raise LabError("--marks merges marks into graded results and runs no notebook: give no submissions")
-        results = merge_marks([Path(m) for m in args.marks], Path(args.out))
+        results = merge_marks([Path(m) for m in args.marks], Path(args.out), feedback=args.feedback)
+    elif args.merge:
+        from .instructor.shards import merge
+
+        if args.submissions:
+            raise LabError("--merge combines graded folders and runs no notebook: give no submissions")
+        results = merge([Path(p) for p in args.merge], Path(args.out), feedback=args.feedback)
     elif not args.submissions:
         if roster is None:
-            raise LabError("give the submissions to grade (files or folders), or --marks FILE to merge manual marks, "
-                           "or --roster FILE --export canvas|moodle to export the grades in --out")
+            raise LabError("give the submissions to grade (files or folders), or --merge DIR... to merge graded "
+                           "shards, or --marks FILE to merge manual marks, or --roster FILE --export canvas|moodle "
+                           "to export the grades in --out")
     else:
+        from .instructor.shards import parse_shard
+
         kw = {"instructor_dir": Path(args.notebooks)} if args.notebooks else {}
         try:
             results = grade_all([Path(p) for p in args.submissions], Path(args.out), timeout=args.timeout,
                                 budget=args.budget, jobs=args.jobs, sandbox=not args.no_sandbox, memory=args.memory,
-                                regrade=tuple(args.regrade), **kw)
+                                regrade=tuple(args.regrade), execute=not args.no_execute,
+                                shard=parse_shard(args.shard) if args.shard else None, feedback=args.feedback, **kw)
         except NotGraded as missing:
             results, not_graded = missing.results, missing.causes
     for r in results or []:
@@ -298,12 +360,6 @@ def grade(args: argparse.Namespace) -> int:
     if results is not None and not args.marks:
         pairs = json.loads((Path(args.out) / "similarity.json").read_text(encoding="utf-8"))["pairs"]
         print(f"wrote {Path(args.out) / 'similarity.html'} ({len(pairs)} pair(s) of students with similar answers)")
-    if not_graded:  # the grader's side failed for them: no grade, listed last, and a re-run grades them
-        for student, why in not_graded.items():
-            print(f"not graded: {student}: {' '.join(why.split())}", file=sys.stderr)
-        print(f"error: {len(not_graded)} student(s) not graded (not their code: see above); fix the cause "
-              "and run the same command again to grade them", file=sys.stderr)
-        return 3
     if roster is not None:
         from .instructor.lms import export_grades
 
@@ -311,6 +367,12 @@ def grade(args: argparse.Namespace) -> int:
         for line in done.lines():
             print(f"warning: {line}", file=sys.stderr)
         print(f"wrote {done.path} ({len(done.exported)} student(s) with points; who was left out: {done.check})")
+    if not_graded:  # the grader's side failed for them: no grade, listed last, and a re-run grades them
+        for student, why in not_graded.items():
+            print(f"not graded: {student}: {' '.join(why.split())}", file=sys.stderr)
+        print(f"error: {len(not_graded)} student(s) not graded (not their code: see above); fix the cause "
+              "and run the same command again to grade them", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -353,6 +415,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--marks", action="append", default=[], metavar="CSV",
                    help="merge manual marks (student,question,points; repeatable: one file per marker); "
                         "an empty cell changes nothing, - clears a mark")
+    p.add_argument("--no-execute", action="store_true",
+                   help="points from the scorers alone; do not run the notebooks (reports show the submitted outputs)")
+    p.add_argument("--shard", default=None, metavar="I/N", help="grade only shard I of N of the students (1 <= I <= N)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="merge the --out folders of graded shards into --out (runs no notebook)")
+    p.add_argument("--feedback", action="store_true",
+                   help="also write feedback/<student>.html for the students (no mark schemes, no flags)")
     p.add_argument("--roster", default=None, metavar="CSV",
                    help="the class roster for --export (student,name,id,sis_user_id,sis_login_id,section,email)")
     p.add_argument("--export", default=None, choices=["canvas", "moodle"],
@@ -380,13 +449,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(argv)
         status = args.run(args)
     except LabError as error:
-        print("error: " + " ".join(str(error).split()), file=sys.stderr)  # one line
+        say("error: " + " ".join(str(error).split()), sys.stderr)  # one line
         return 2
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
-        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+        say(f"error: {error.strerror or error}{where}", sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        say("error: interrupted", sys.stderr)
         return 130
     return status or 0

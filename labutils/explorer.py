@@ -7,18 +7,10 @@
     explore("my_photo.jpg", "alexnet")
 
 The picture is a JPEG in a ``widgets.Image`` whose bytes are replaced in place, so it does not
-flicker. It is fast because the explorer remembers what does not change:
-
-* the models it loaded (``load_model``, so ``LABUTILS_WEIGHTS`` applies);
-* for the current image, model and layer, the feature maps A^k (``cached.features_at``), one
-  forward pass through the head above the layer (``cached.head_pass``), and the weights alpha_k^c
-  of every class seen so far. The top-10 classes get theirs in one batched backward pass when A^k
-  is computed, so switching between them, or to the counterfactual map (-alpha_k^c), runs no
-  network at all. Any other class: by the shortcut (``labutils.shortcut``), the first one multiplies
-  the head's chain out once (``HeadRecord.fold``, ~150 ms on VGG-16), after which every class is one
-  row of W3 times it (~3 ms); elsewhere one backward pass through the head (``cached.class_weights``);
-* the Guided Backpropagation picture of the last few classes (it needs a full backward pass);
-* the current explanation: moving the opacity slider only re-blends the overlay.
+flicker. This module holds the widgets; what they show is computed, and kept between two pictures,
+by ``labutils.exploring.Exploration`` (A^k, the head pass, alpha_k^c per class, Guided
+Backpropagation), which runs without a widget. The widgets keep the current explanation: moving the
+opacity slider only re-blends the overlay.
 """
 
 from __future__ import annotations
@@ -27,8 +19,6 @@ import html
 import io
 import os
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -37,32 +27,18 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from .cached import HeadPass, class_weights, explanation_from_weights, features_at, head_pass
 from .data import DEFAULT_SAMPLE, sample_images, sample_path
 from .errors import ImageError, LabError
+from .exploring import GUIDED_KEPT, METHODS, SEARCH_LIMIT, TOP, Exploration, FeatureCache, search_classes  # noqa: F401
 from .gradcam import Explanation
-from .guided import guided_backprop, guided_times_cam
 from .images import LabImage, from_pil, load_image
-from .models import ARCHITECTURES, architecture, class_names, default_layer, feature_layers, get_layer, load_model
+from .models import ARCHITECTURES, architecture, class_names, default_layer, feature_layers, get_layer
 from .overlay import METHOD_TITLES, explanation_image, title, untrained_banner
 
-METHODS = ("gradcam", "counterfactual", "guided-backprop", "guided-gradcam")
-TOP = 10  # classes in the class list (the top-10 predictions)
-SEARCH_LIMIT = 30  # classes listed for a search
 DISPLAY_SIDE = 448  # the pictures are shown with this many pixels on their longest side
-GUIDED_KEPT = 8  # Guided Backpropagation results kept (image, model, class)
 
 _COLUMN = dict(align_items="flex-start", margin="0 12px 0 0")  # pictures at their own size, not stretched
 ImageSpec = str | os.PathLike | LabImage | Image.Image | None
-
-
-@dataclass
-class FeatureCache:
-    """What is computed once for one (image, model, layer): A^k and the head pass, and alpha_k^c per class seen."""
-
-    key: tuple[str, str, str]  # (image, model, layer)
-    run: HeadPass  # A^k (1, C, h, w), the scores y and the record of the head (the shortcut's, or autograd's)
-    weights: dict[int, torch.Tensor] = field(default_factory=dict)  # class c -> alpha_k^c, (1, 1, C)
 
 
 class Explorer(widgets.VBox):
@@ -73,14 +49,10 @@ class Explorer(widgets.VBox):
         architecture(model_name)  # an unknown name: ModelError naming the lab's models
         super().__init__()
         self.add_class("labutils-explorer")
-        self.models: dict[str, nn.Module] = dict(models or {})  # loaded models, by name
+        self.state = Exploration(models, say=lambda text: setattr(self.status, "value", _html_line(text, "#555")))
+        self.models = self.state.models  # loaded models, by name
         self._images: dict[str, LabImage] = {}  # uploaded or given images, by their key in the image list
-        self._image: LabImage | None = None  # the current image, its key, its display copy
-        self._image_key = ""
-        self._display_base: Image.Image | None = None
-        self._probabilities: torch.Tensor | None = None  # softmax of the current (image, model)
-        self._features: FeatureCache | None = None
-        self._guided: OrderedDict[tuple[str, str, int], Explanation] = OrderedDict()
+        self._display_base: Image.Image | None = None  # the current image's display copy
         self._explanation: Explanation | None = None
         self._busy = False
         self._uploads = 0
@@ -165,6 +137,18 @@ class Explorer(widgets.VBox):
         super().close()
         self.layout.close()
 
+    @property
+    def _image_key(self) -> str:
+        return self.state.image_key
+
+    @property
+    def _probabilities(self) -> torch.Tensor | None:
+        return self.state.probabilities
+
+    @property
+    def _features(self) -> FeatureCache | None:
+        return self.state.features
+
     def label(self) -> str:
         """'VGG-16 · features.29 · 243 bull mastiff · Grad-CAM': what the picture shows (its caption's first part)."""
         return title(self.model, self._explanation, 0)
@@ -231,8 +215,7 @@ class Explorer(widgets.VBox):
             ran = "cached alpha_k^c, no network"
         elif what == "method":
             ran = "no new A^k"
-        key = (self._image_key, self.model_choice.value, self.class_choice.value)
-        if self.method_choice.value.startswith("guided") and key not in self._guided:
+        if self.method_choice.value.startswith("guided") and not self.state.has_guided(self.class_choice.value):
             ran += "; Guided Backpropagation through the whole network"
         self._compute_explanation()
         self._render()
@@ -282,7 +265,7 @@ class Explorer(widgets.VBox):
             lab_image = self._images[key]
         else:  # "sample:<name>"
             lab_image = load_image(sample_path(key.removeprefix("sample:")))
-        self._image, self._image_key = lab_image, key
+        self.state.show_image(key, lab_image)
         self._display_base = _display_copy(lab_image.original)
         self.input_picture.value = _jpeg(self._display_base)
         self.input_caption.value = _html_line(f"input: {lab_image.name}", "#000")
@@ -307,10 +290,7 @@ class Explorer(widgets.VBox):
 
     def _select_model(self, name: str) -> None:
         """Load the model (once) and list its layers, selecting the seed's default layer."""
-        if name not in self.models:
-            self.status.value = _html_line(f"loading {ARCHITECTURES[name].title}…", "#555")
-            self.models[name] = load_model(name)
-        model = self.models[name]
+        model = self.state.model(name)
         self.layer_choice.options = [(f"{n} ({type(get_layer(model, n)).__name__})", n) for n in feature_layers(model)]
         self.layer_choice.value = default_layer(model)
         self.banner.value = _html_line(untrained_banner(model) or "", "#c00", bold=True)
@@ -318,50 +298,13 @@ class Explorer(widgets.VBox):
     # ------------------------------------------------------------ the computations
 
     def _compute_features(self, new_predictions: bool) -> None:
-        """A^k at the chosen layer (the only pass through the lower layers), the head pass, top-10 alpha."""
-        model, layer = self.model, self.layer_choice.value
-        run = head_pass(model, layer, features_at(model, layer, self._image.tensor))
-        self._features = FeatureCache((self._image_key, self.model_choice.value, layer), run)
-        if new_predictions or self._probabilities is None:
-            self._probabilities = run.scores.detach()[0].softmax(dim=0).cpu()
-        self._add_weights(self._probabilities.topk(TOP).indices.tolist())
-
-    def _add_weights(self, classes: list[int]) -> None:
-        """alpha_k^c of ``classes`` from the kept head pass (by the shortcut, or one backward pass)."""
-        record = self._features.run.record
-        if len(classes) == 1 and record is not None and record.folded is None:
-            record.fold()  # the first class outside the top-10: multiply the head's chain out, once per image and layer
-        _, alpha = class_weights(self._features.run, [classes])
-        for j, c in enumerate(classes):
-            self._features.weights[c] = alpha[:, j : j + 1]
-
-    def _gradcam(self, c: int, counterfactual: bool) -> Explanation:
-        if c not in self._features.weights:
-            self._add_weights([c])  # the head only: by the shortcut, or one backward pass
-        return explanation_from_weights(self._features.run, torch.tensor([[c]]), self._features.weights[c],
-                                        counterfactual=counterfactual, size=tuple(self._image.tensor.shape[-2:]))
-
-    def _guided_backprop(self, c: int) -> Explanation:
-        key = (self._image_key, self.model_choice.value, c)
-        if key not in self._guided:
-            self.status.value = _html_line("Guided Backpropagation: a full backward pass to the image…", "#555")
-            self._guided[key] = guided_backprop(self.model, self._image.tensor, [c])
-            while len(self._guided) > GUIDED_KEPT:
-                self._guided.popitem(last=False)
-        self._guided.move_to_end(key)
-        return self._guided[key]
+        """A^k at the chosen layer, the head pass and the top-10 classes' alpha_k^c (``Exploration``)."""
+        self.state.compute_features(self.model_choice.value, self.layer_choice.value, new_predictions)
 
     def _compute_explanation(self) -> None:
-        c, method = self.class_choice.value, self.method_choice.value
-        if method in ("gradcam", "counterfactual"):
-            self._explanation = self._gradcam(c, counterfactual=method == "counterfactual")
-        elif method == "guided-backprop":
-            self._explanation = self._guided_backprop(c)
-        else:  # Guided Grad-CAM: Guided Backpropagation times the upsampled Grad-CAM map (guided.guided_gradcam)
-            cam, guided = self._gradcam(c, counterfactual=False), self._guided_backprop(c)
-            self._explanation = guided_times_cam(guided.raw, cam)
-        guided_method = method.startswith("guided")
-        self.opacity.disabled = guided_method  # a gradient picture is not blended
+        method = self.method_choice.value
+        self._explanation = self.state.explain(self.class_choice.value, method)
+        self.opacity.disabled = method.startswith("guided")  # a gradient picture is not blended
         self.layer_choice.disabled = method == "guided-backprop"  # it has no target layer
 
     def _render(self) -> None:
@@ -380,7 +323,7 @@ class Explorer(widgets.VBox):
 
     def _select_class(self, c: int | None) -> None:
         """List the top-10 classes (plus ``c`` if it is not among them) and select ``c`` (None: the top-1)."""
-        top = self._probabilities.topk(TOP).indices.tolist()
+        top = self.state.top()
         c = top[0] if c is None else c
         self.search.value = ""
         self.class_choice.options = [(self._class_text(i), i) for i in top + ([] if c in top else [c])]
@@ -411,20 +354,6 @@ def explore(image: ImageSpec = None, model_name: str = "vgg16", *,
     ``LABUTILS_WEIGHTS`` applies). ``models``: models already loaded, by name, to reuse.
     """
     return Explorer(image, model_name, models=models)
-
-
-def search_classes(query: str, probabilities: torch.Tensor | None = None, limit: int = SEARCH_LIMIT) -> list[int]:
-    """Classes whose index is ``query`` or whose name contains it (any case): exact first, then
-    names starting with it, then the rest; within each group the most probable first."""
-    names = [n.lower() for n in class_names()]
-    key = query.strip().lower()
-    if not key:
-        return []
-    rank = (lambda c: -float(probabilities[c])) if probabilities is not None else (lambda c: 0.0)
-    exact = [c for c, n in enumerate(names) if n == key or (key.isascii() and key.isdecimal() and c == int(key))]
-    starts = [c for c, n in enumerate(names) if n.startswith(key) and c not in exact]
-    inside = [c for c, n in enumerate(names) if key in n and not n.startswith(key) and c not in exact]
-    return (sorted(exact, key=rank) + sorted(starts, key=rank) + sorted(inside, key=rank))[:limit]
 
 
 # ---------------------------------------------------------------- small helpers

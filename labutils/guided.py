@@ -21,11 +21,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .gradcam import (
-    ClassSpec, Explanation, alpha_weights, class_gradients, class_targets, explanation_from_alpha,
-    model_input, on_device, targets_for,
+from .gradcam import Explanation, alpha_weights, class_gradients, explanation_from_alpha
+from .hooks import capture
+from .inputs import (
+    ClassSpec, class_targets, differentiable, explaining, model_input, on_device, targets_for, uncompiled,
 )
-from .hooks import capture, explaining, uncompiled
 from .models import default_layer, output_classes
 from .shortcut import Route, head_record, recording, shortcut_route
 
@@ -91,6 +91,7 @@ def input_gradients(scores: torch.Tensor, image: torch.Tensor, targets: torch.Te
 def guided_backprop(model: nn.Module, x: torch.Tensor, classes: ClassSpec = None) -> Explanation:
     """Guided Backpropagation: d y^c / d image with the guided ReLU rule, (N, K, 3, H, W)."""
     model = uncompiled(model)
+    differentiable(model)  # guided backprop differentiates the whole network
     image = model_input(model, x).detach().clone().requires_grad_(True)  # checked; the model's device and dtype
     targets = class_targets(classes, x.shape[0], output_classes(model))
     with explaining(model):
@@ -116,6 +117,7 @@ def guided_gradcam(
     for the backward pass to the image.
     """
     model = uncompiled(model)
+    differentiable(model)  # guided backprop differentiates the whole network
     image = model_input(model, x).detach().clone().requires_grad_(True)  # checked; the model's device and dtype
     layer = default_layer(model) if layer is None else layer  # "" is refused, not the default
     targets = class_targets(classes, x.shape[0], output_classes(model))

@@ -11,7 +11,7 @@ gradient hook, ``save_gradient``, saves the gradient that flows back into them::
 The hooks exist only inside the ``with`` block: they are removed on the way out, also when an
 exception is raised, so nothing is left on the model.
 
-Two details make it safe on torchvision's VGG/AlexNet, whose ReLUs are ``inplace=True``:
+Three details make it safe on torchvision's VGG/AlexNet, whose ReLUs are ``inplace=True``:
 
 * The forward hook hands the rest of the network a *clone* of the layer's output. An inplace ReLU
   that follows (e.g. after the conv ``features.28``) then overwrites the clone, never the tensor we
@@ -24,19 +24,14 @@ Two details make it safe on torchvision's VGG/AlexNet, whose ReLUs are ``inplace
   bfloat16, but the hook hands on A^k in float32 and switches autocast off above the layer: A^k,
   the head and its gradients stay float32.
 
-Every explanation call also goes through ``explaining(model)``: one call at a time per model (a
-lock), in eval mode (Dropout off, BatchNorm neither uses nor updates batch statistics), the modes
-put back afterwards. The hooks themselves act only on the forward pass of the thread that added
-them: a forward pass that another thread runs on the same model at the same time is not hooked. The
-modes, though, belong to the modules: while a model in train mode is explained, another thread's
-own forward passes on it run in eval mode too; share a model between threads in eval mode.
+The hooks act only on the forward pass of the thread that added them. What protects the calls
+that use them (one call at a time per model, in eval mode; the model's inputs checked) is in
+``labutils.inputs``.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
-import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -44,7 +39,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .errors import LayerError, ModelError
+from .errors import LayerError
 from .models import feature_layers, get_layer
 
 
@@ -115,61 +110,3 @@ def capture(
         handle.remove()
         torch.set_grad_enabled(grad_mode)  # cut_graph switched autograd on: switch it back
         torch.set_autocast_enabled(device_type, autocast_was_on)
-
-
-# ---------------------------------------------------------------- one call at a time, in eval mode
-
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-# Held while a call runs a train-mode model in eval mode: the same modules may be reached through
-# another handle (a wrapper, DataParallel), whose lock is not the model's.
-_SWITCHING = threading.RLock()
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock of ``model`` (made on first use, forgotten with the model)."""
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(model, threading.RLock())
-
-
-@contextmanager
-def explaining(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block, ``model`` serves this thread's explanation only, in eval mode.
-
-    A model in train mode would give a different map at each call (Dropout) and update the running
-    statistics of its BatchNorm layers: an explanation must do neither. Each module's mode is put
-    back on the way out. The lock makes a second thread's explanation on the same model wait, so
-    that it cannot see this call's hooks or modes (PyTorch modules are not thread-safe to modify).
-    """
-    with model_lock(model):
-        with _SWITCHING:  # a call that runs these modules in eval mode holds it: wait until they are put back
-            in_eval = not any(m.training for m in model.modules())
-        if in_eval:  # a model already in eval mode is left alone
-            yield model
-            return
-        with _SWITCHING:
-            modes = [(m, m.training) for m in model.modules()]
-            model.eval()
-            try:
-                yield model
-            finally:
-                for m, training in modes:
-                    m.training = training
-
-
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The module that ``torch.compile(model)`` wraps (the same weights), or ``model`` itself.
-
-    Hooks and per-call switches act on the eager module: the explanation runs it without compiling.
-    What hooks cannot explain is refused: not a module, or TorchScript (its compiled graph runs no
-    Python hooks: Guided Backpropagation's rule would silently not apply).
-    """
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}: use labutils.load_model")
-    if isinstance(model, torch.jit.ScriptModule):
-        raise ModelError("TorchScript models (torch.jit.script / trace) run no Python hooks: explain the nn.Module "
-                         "you scripted or traced instead")
-    dynamo = sys.modules.get("torch._dynamo")  # not imported: nothing can be compiled
-    if dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule):
-        return model._orig_mod
-    return model

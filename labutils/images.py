@@ -20,13 +20,21 @@ normalized channel by channel with the ImageNet mean and standard deviation
 
 So ``LabImage.tensor`` is always ``preprocess(LabImage.original)``.
 
-Very large photos are cheap: a JPEG is decoded directly at 1/2, 1/4 or 1/8 scale
-(``Image.draft``) and every picture is shrunk to 1024 pixels before it becomes a
-float tensor, so a 10000 x 8000 photo never turns into a 1 GB float tensor; palette
-and 1-bit pictures, which must be converted before they are shrunk, are converted a
-band of rows at a time. Images
-of more than ``MAX_PIXELS`` (20000 x 20000) pixels are refused with ``ImageError``;
-below that, PIL's decompression-bomb limit is lifted for the duration of the call.
+Memory is bounded for every format. A JPEG is decoded directly at 1/2, 1/4 or 1/8
+scale (``Image.draft``); any other format is decoded whole, so a picture whose
+decoded pixels would take more than ``MAX_DECODED_BYTES`` (512 MiB, as PIL stores
+them: 1 byte a pixel for 1-bit, gray and palette pictures, 2 for 16-bit gray, 4 for
+RGB, RGBA, CMYK...) is refused with ``ImageError`` from its header, before any pixel
+is decoded: a 20000 x 20000 palette or 1-bit PNG loads (400 MB), an RGB one (1.6 GB)
+is refused, whatever its file size (a 1.5 MB PNG can hold it). After decoding, every
+picture is shrunk to 1024 pixels before it becomes a float tensor, and palette and
+1-bit pictures, which must be converted before they are shrunk, are converted a band
+of rows at a time: ``load_image`` needs at most about ``MAX_DECODED_BYTES`` + 200 MB
+(measured peaks: tests/test_image_limits.py). Images of more than ``MAX_PIXELS``
+(20000 x 20000) pixels are refused too; below that, PIL's decompression-bomb limit
+is lifted for the duration of the call. A JPEG whose header claims more pixels than
+its data could code (less than one bit per 8 x 8 block) is refused rather than
+decoded into grey filler. Any other failure of a decoder is one ``ImageError``.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,6 +67,7 @@ MAX_SIDE = 2048  # the largest model input: VGG-16's first feature maps then tak
 ORIGINAL_MAX_SIDE = 1024  # LabImage.original is reduced to this many pixels on its longest side
 MIN_SIDE = 8  # smaller images carry no usable detail
 MAX_PIXELS = 20000 * 20000  # larger images are refused (a decompression bomb or a mistake)
+MAX_DECODED_BYTES = 512 * 2**20  # larger decoded pictures (after a JPEG's draft) are refused: bounded memory
 
 _WHITE = (255, 255, 255, 255)
 _ORIENTATION = 0x0112  # the EXIF tag saying how the camera was held
@@ -99,20 +109,23 @@ def load_image(path: str | os.PathLike, size: int = INPUT_SIZE) -> LabImage:
     with _pixel_limit(), _open(path) as img:
         _check_size(img, path)
         _check_bit_depth(img, path)
-        img.draft(None, (ORIGINAL_MAX_SIDE, ORIGINAL_MAX_SIDE))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale
+        _check_jpeg_data(img, path)
         try:
+            img.draft(None, (ORIGINAL_MAX_SIDE, ORIGINAL_MAX_SIDE))  # JPEG only: decode at 1/2, 1/4 or 1/8 scale
+            _check_decoded_size(img, path)
             img.load()  # decode everything now, so a truncated file fails here
             # read after loading: Pillow 13 turns TIFFs upright while loading (and drops the tag), older ones do not
             orientation = img.getexif().get(_ORIENTATION, 1)
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageError(
-                f"{path} is truncated or corrupt ({exc}): the download or copy probably stopped early; "
-                "get the file again"
-            ) from exc
-        original = _as_rgb_original(img, path)
-        if original is img:  # the file's own image object dies when the file is closed
-            original = img.copy()
-    original = _upright(original, orientation)
+        except DECODER_ERRORS as exc:
+            raise _corrupt(path, exc) from exc
+        try:
+            original = _as_rgb_original(img, path)
+            if original is img:  # the file's own image object dies when the file is closed
+                original = img.copy()
+            original = _upright(original, orientation)
+        except DECODER_ERRORS as exc:  # a plugin's own failure on odd data: one ImageError, never a traceback
+            raise ImageError(f"{path} could not be converted to RGB ({type(exc).__name__}: {exc}); "
+                             "save it as an 8-bit PNG or JPEG") from exc
     return LabImage(tensor=preprocess(original, size), original=original, path=path, name=path.name)
 
 
@@ -178,6 +191,43 @@ def stack(images: Sequence[LabImage]) -> torch.Tensor:
 
 
 # --- the steps -------------------------------------------------------------------
+
+DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
+                  ZeroDivisionError, MemoryError)  # what Pillow's plugins raise on data they cannot decode
+
+
+def _corrupt(path: Path, exc: BaseException) -> ImageError:
+    if isinstance(exc, MemoryError):
+        return ImageError(f"{path} needs more memory to decode than this machine has: shrink it first")
+    return ImageError(f"{path} is truncated or corrupt ({exc}): the download or copy probably stopped early; "
+                      "get the file again")
+
+
+def _check_decoded_size(img: Image.Image, where: object) -> None:
+    """Refuse a picture whose decoded pixels would exceed MAX_DECODED_BYTES (after a JPEG's draft)."""
+    width, height = img.size
+    per_pixel = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4
+    need = width * height * per_pixel
+    if need > MAX_DECODED_BYTES:
+        raise ImageError(
+            f"{where} is {width}x{height} pixels in mode {img.mode}: decoding it would take {need / 2**20:.0f} MiB, "
+            f"more than the lab's {MAX_DECODED_BYTES // 2**20} MiB; shrink it first (any image editor), or save it "
+            "as a JPEG, which is decoded at a reduced scale"
+        )
+
+
+def _check_jpeg_data(img: Image.Image, where: Path) -> None:
+    """Refuse a JPEG whose header claims more 8x8 blocks than its data could code (one bit each at least)."""
+    if img.format != "JPEG":
+        return
+    width, height = img.size
+    blocks = -(-width // 8) * -(-height // 8)
+    size = where.stat().st_size
+    if size * 8 < blocks:
+        raise ImageError(
+            f"{where} claims {width}x{height} pixels but holds only {size} bytes, too few for any JPEG of that "
+            "size (its header is wrong or the file is cut short): get the file again"
+        )
 
 
 def _check_size_argument(size: object) -> None:
@@ -256,6 +306,8 @@ def _open(path: Path) -> Image.Image:
         ) from exc
     except OSError as exc:
         raise ImageError(f"Cannot read {path}: {exc}") from exc
+    except DECODER_ERRORS as exc:  # a header Pillow's plugin cannot parse
+        raise ImageError(f"{path} has a corrupt header ({type(exc).__name__}: {exc}); get the file again") from exc
 
 
 def _too_large(where: object, detail: object) -> ImageError:
@@ -334,7 +386,8 @@ def _shrink(img: Image.Image) -> Image.Image:
     if scale >= 1:
         return img
     new_size = tuple(max(round(side * scale), min(side, MIN_SIDE)) for side in (width, height))
-    return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    gap = None if img.mode.startswith("I;16") else 3.0  # Pillow's reduce() (reducing_gap's first step): no 16-bit
+    return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=gap)
 
 
 def _to_rgb(img: Image.Image, where: object) -> Image.Image:

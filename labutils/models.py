@@ -170,10 +170,31 @@ def _class_by_name(name: str, names: list[str]) -> int:
     if any(ch.isdigit() or ch in "+-." for ch in name) and not any(ch.isalpha() and ch not in "eExX" for ch in name):
         raise ClassError(f"class {name!r} is not a class index: write an index as plain decimal digits "
                          f"0..{len(names) - 1} (no sign, spaces, exponent, hex or other digit characters)")
-    lowered = [n.casefold() for n in names]
-    close = difflib.get_close_matches(key.casefold(), lowered, n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(names[lowered.index(m)]) for m in close)}?" if close else ""
+    suggested = similar_classes(key, names)
+    hint = f"; did you mean {', '.join(repr(names[i]) for i in suggested)}?" if suggested else ""
     raise ClassError(f"no ImageNet class is named {name!r}{hint} (give a name or an index 0..{len(names) - 1})")
+
+
+def similar_classes(query: str, names: list[str], limit: int = 5, words: int = 10) -> list[int]:
+    """Classes a user may have meant by ``query``: first those whose names hold it as whole words (``cat``: tiger
+    cat, Persian cat..., not catamaran; ``cats`` too), up to ``words`` of them, then by spelling up to ``limit``."""
+    wanted = query.casefold().split()
+    if not wanted:
+        return []
+    singular = [w[:-1] if len(w) > 3 and w.endswith("s") else w for w in wanted]
+
+    def holds(name: str, terms: list[str]) -> bool:
+        parts = re.split(r"[\s\-',.]+", name.casefold())
+        return any(parts[i : i + len(terms)] == terms for i in range(len(parts) - len(terms) + 1))
+
+    found = [i for i, n in enumerate(names) if holds(n, wanted) or holds(n, singular)][:words]
+    lowered = [n.casefold() for n in names]
+    for m in difflib.get_close_matches(query.casefold(), lowered, n=limit, cutoff=0.6):
+        if len(found) >= limit:
+            break
+        if lowered.index(m) not in found:
+            found.append(lowered.index(m))
+    return found
 
 
 def class_label(index: int) -> str:
@@ -210,26 +231,6 @@ def output_classes(model: nn.Module) -> int | None:
     classifier = getattr(model, "classifier", None)
     linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)] if isinstance(classifier, nn.Module) else []
     return linears[-1].out_features if linears else None
-
-
-def predict(model: nn.Module, x: torch.Tensor, k: int = 5) -> list[list[tuple[int, str, float]]]:
-    """Top-k ``(class index, name, probability)`` for each image of the batch ``x``, in eval mode
-    (as every explanation runs: a model in train mode would answer differently at each call)."""
-    from .gradcam import model_input  # these modules import this one
-    from .hooks import explaining, uncompiled
-
-    model = uncompiled(model)
-    images = model_input(model, x)
-    outputs = output_classes(model) or len(class_names())
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= outputs:
-        raise ClassError(f"k must be a whole number of classes from 1 to {outputs}, got {k!r}")
-    with explaining(model), torch.no_grad():
-        probs = model(images).softmax(dim=1)
-    top = probs.topk(k, dim=1)
-    names = class_names()
-    return [
-        [(int(i), names[int(i)], float(p)) for p, i in zip(ps, idx)] for ps, idx in zip(top.values, top.indices)
-    ]
 
 
 # ---------------------------------------------------------------- input size

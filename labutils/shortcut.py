@@ -42,15 +42,30 @@ only MaxPool2d after the layer in ``features``, an AdaptiveAvgPool2d, Dropout th
 of them (nor global module hooks). Anything else, a ReLU after the layer (e.g. the conv
 ``features.28``) included, falls back to autograd.
 
-W1s is cached per model (on its first Linear). The cache follows the weights: it is keyed on the
-weight tensor itself, its autograd version counter (bumped by optimizer steps and
-``load_state_dict``), its storage, device and dtype, so replaced parameters (``assign=True``,
-``linear.weight = nn.Parameter(...)``) and in-place updates are seen. Changes that bypass the
-version counter are not: writing through ``weight.data`` or a numpy view of the weight, and
-assigning ``weight.data = ...`` (as ``torch.nn.utils.vector_to_parameters`` does; the new storage
-may reuse the old one's address). After those, call ``clear_shortcut_cache()`` (or pass
-``shortcut=False``). W2 and W3 are neither copied nor cached: each call reads the model's own
-weights, and a kept ``HeadRecord`` (the explorer's) refuses to serve once they have changed in place.
+Class-level patches and torch's extension points are seen too: the route falls back to autograd
+while a ``TorchFunctionMode`` or ``TorchDispatchMode`` is active, when ``nn.ReLU.forward``,
+``nn.Linear.forward`` (or the forward of the other layers on the way, ``nn.Module.__call__``),
+``F.linear``, ``F.relu``, ``torch.flatten``... are not the objects torch defined when labutils was
+imported, or when a classifier weight is a tensor subclass. Out of reach (autograd then is the only
+proof): a patch made before labutils was imported that keeps torch's function objects, kernels
+replaced below Python (``torch.library`` overrides of aten operators), and a forward that reads
+global state the route cannot see.
+
+W1s is cached per first Linear (a weak reference to the module, none to its parameters: swap mode,
+``load_state_dict(assign=True)``, ``to()`` and ``double()`` work as usual; the entry goes with the
+module). An entry is used only while it is provably fresh (``fresh``): the weight is the same tensor
+(id, storage, version counter, device, dtype, shape, strides), no optimizer has stepped since
+(``torch.optim``'s global step post hook, registered once on first use, follows every optimizer:
+fused, foreach, single-tensor, capturable) and a fingerprint, a strided sample of two entries in
+every row of W1, is unchanged (tens of microseconds: ``bench/RESULTS.md``). So ``.data`` and numpy
+edits, ``torch._foreach_*``, ``nn.init`` and in-place edits under ``no_grad`` or ``inference_mode``
+are seen as soon as they change a whole row or tensor. The one change that can go unseen is an edit
+behind autograd's back (``.data``, numpy) of entries none of which is sampled, outside any optimizer
+step: after one, call ``clear_shortcut_cache()`` (or pass ``shortcut=False``). On a GPU W1s is not
+cached at all (summing W1 costs about a tenth of a millisecond there, and proving a cache fresh would
+make the host wait for the device). W2 and W3 are neither copied nor cached: each call reads the
+model's own weights, and a kept head pass (the explorer's) refuses to serve once any weight of the
+head has changed (``Seal``).
 """
 
 from __future__ import annotations
@@ -66,6 +81,7 @@ import torchvision
 from torch import nn
 from torch.nn.modules import module as torch_module
 from torch.nn.utils import parametrize
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .errors import LabError
 from .hooks import Capture, capture
@@ -76,6 +92,17 @@ HOOK_DICTS = (
     "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
     "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
 )
+F = nn.functional
+RUNS = (  # what the head's forward runs, (owner, attribute): each must be the object torch defined at import
+    (nn.Module, "__call__"), (nn.Module, "_call_impl"), (nn.Module, "_wrapped_call_impl"),
+    (nn.Sequential, "forward"), (nn.ReLU, "forward"), (nn.Linear, "forward"), (nn.Dropout, "forward"),
+    (nn.MaxPool2d, "forward"), (nn.AdaptiveAvgPool2d, "forward"),
+    (torchvision.models.VGG, "forward"), (torchvision.models.AlexNet, "forward"),
+    (F, "linear"), (F, "relu"), (F, "dropout"), (F, "max_pool2d"), (F, "adaptive_avg_pool2d"),
+    (F, "_max_pool2d"), (torch, "flatten"), (torch, "relu"), (torch, "relu_"), (torch, "max_pool2d"),
+    (torch, "dropout"), (torch._C._nn, "linear"), (torch._C._nn, "adaptive_avg_pool2d"),
+)
+AT_IMPORT = tuple(getattr(owner, name) for owner, name in RUNS)
 GLOBAL_HOOKS = (
     "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks",
     "_global_forward_hooks_always_called",
@@ -110,6 +137,17 @@ def has_hooks(module: nn.Module) -> bool:
     return any(getattr(module, attr, None) for attr in HOOK_DICTS)
 
 
+def patched() -> str | None:
+    """What makes torch itself run something else than at import: an active torch function / dispatch mode, or a
+    class-level patch of one of the functions the head runs (``RUNS``); None when nothing is seen."""
+    if torch._C._len_torch_function_stack() or torch._C._len_torch_dispatch_stack():
+        return "a TorchFunctionMode or TorchDispatchMode is active (it may change what every operation computes)"
+    for (owner, name), original in zip(RUNS, AT_IMPORT):
+        if getattr(owner, name, None) is not original:
+            return f"{getattr(owner, '__name__', owner)}.{name} is not the function torch defined"
+    return None
+
+
 def shortcut_route(model: nn.Module, layer: str) -> Route:
     """Decide from the model's code and modules whether the shortcut is exact above ``layer``."""
 
@@ -117,6 +155,9 @@ def shortcut_route(model: nn.Module, layer: str) -> Route:
         return Route(False, reason)
 
     get_layer(model, layer)  # a LayerError if there is no such module
+    why = patched()
+    if why is not None:
+        return autograd(why)
     if type(model).forward not in TORCHVISION_FORWARDS:
         return autograd(f"{type(model).__name__}.forward is not torchvision's VGG/AlexNet forward")
     features, avgpool, classifier = (getattr(model, n, None) for n in ("features", "avgpool", "classifier"))
@@ -143,6 +184,8 @@ def shortcut_route(model: nn.Module, layer: str) -> Route:
         return autograd("the classifier does not end with an nn.Linear (the scores y)")
     if any(parametrize.is_parametrized(m) for m in classifier):
         return autograd("a Linear of the classifier is parametrized")
+    if any(type(p) not in (torch.Tensor, nn.Parameter) for p in classifier.parameters()):
+        return autograd("a weight of the classifier is a tensor subclass (its operations may compute anything)")
     path = [model, features, *after, avgpool, classifier, *classifier]
     if any(has_hooks(m) for m in path):
         return autograd(f"hooks on the modules above {layer}")
@@ -159,44 +202,126 @@ def shortcut_route(model: nn.Module, layer: str) -> Route:
                  tuple(f"classifier.{j}" for j in linears), tuple(relu))
 
 
+# ---------------------------------------------------------------- proving the weights unchanged
+
+_STEPS = [0]  # optimizer steps taken in this process (any optimizer), counted by ``_count_step``
+_STEP_HOOK: list = []  # the handle of the global optimizer step post hook, once registered
+
+
+def _count_step(optimizer: object, args: tuple, kwargs: dict) -> None:
+    _STEPS[0] += 1
+
+
+def optimizer_steps() -> int:
+    """How many optimizer steps ran since labutils first looked (every ``torch.optim.Optimizer``, fused or not)."""
+    with _CACHE_LOCK:
+        if not _STEP_HOOK:  # registered once, lazily: importing labutils changes nothing in torch
+            _STEP_HOOK.append(register_optimizer_step_post_hook(_count_step))
+    return _STEPS[0]
+
+
+def weight_key(weight: torch.Tensor) -> tuple:
+    """What identifies the tensor behind ``weight`` and its last known write (no reference to it is kept)."""
+    version = None if weight.is_inference() else weight._version  # inference tensors keep no version counter
+    return (id(weight), version, weight.data_ptr(), weight.device, weight.dtype, tuple(weight.shape),
+            weight.stride(), weight.storage_offset(), optimizer_steps())
+
+
+def fingerprint(weight: torch.Tensor, per_row: int = 2) -> torch.Tensor:
+    """A strided view of ``per_row`` entries in every row of ``weight`` (dim 0), spread over the columns.
+
+    A view, not a copy: ``torch.equal(kept, fingerprint(w))`` reads about 2 x rows values (W1: 8192),
+    a whole row or tensor changed through ``.data``, numpy or ``torch._foreach_*`` changes some of them.
+    """
+    w = weight.detach()
+    if w.dim() != 2:
+        w = w.reshape(w.shape[0] if w.dim() else 1, -1)
+    rows, cols = w.shape
+    if rows == 0 or cols == 0:
+        return w
+    k = min(per_row, cols)
+    step = cols // k  # sample j of row i sits at column i * shift + j * step < cols
+    shift = (step - 1) // max(rows - 1, 1)
+    return w.as_strided((rows, k), (w.stride(0) + shift * w.stride(1), step * w.stride(1)))
+
+
+@dataclass
+class Seal:
+    """What the named parameters of a model were at one moment; ``check`` refuses once any of them changed."""
+
+    model: weakref.ref  # the model (a weak reference: nothing here keeps it alive)
+    names: tuple[str, ...]
+    keys: tuple[tuple, ...]
+    samples: tuple[torch.Tensor, ...]  # copies of the fingerprints
+
+    @classmethod
+    def of(cls, model: nn.Module, names: list[str] | tuple[str, ...]) -> "Seal":
+        weights = [model.get_parameter(n) for n in names]
+        return cls(weakref.ref(model), tuple(names), tuple(weight_key(w) for w in weights),
+                   tuple(fingerprint(w).clone() for w in weights))
+
+    def changed(self) -> str | None:
+        """The first parameter that is not what it was (or why it cannot be told), or None."""
+        model = self.model()
+        if model is None:
+            return "the model is gone"
+        if self.keys and self.keys[0][-1] != optimizer_steps():
+            return "an optimizer stepped"
+        for name, key, sample in zip(self.names, self.keys, self.samples):
+            try:
+                w = model.get_parameter(name)
+            except AttributeError:
+                return f"{name} is no longer a parameter of the model"
+            if weight_key(w) != key or not torch.equal(fingerprint(w), sample):
+                return f"{name} changed"
+        return None
+
+    def check(self) -> None:
+        why = self.changed()
+        if why is not None:
+            raise LabError(f"the model's weights changed since this head pass ({why}): run head_pass again "
+                           "(the explorer: load the image again)")
+
+
 # ---------------------------------------------------------------- W1s, cached per model
 
 
 @dataclass
 class _Summed:
-    key: tuple  # what the weights were when W1s was computed
-    weight: weakref.ref  # the weight tensor itself (a replaced Parameter is another tensor)
+    key: tuple  # ``weight_key`` of W1 and the number of channels when W1s was computed
+    sample: torch.Tensor  # a copy of W1's fingerprint then
     summed: torch.Tensor  # W1s (out_features, C)
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Linear, _Summed]" = weakref.WeakKeyDictionary()
-_CACHE_LOCK = threading.Lock()
-
-
-def weight_key(weight: torch.Tensor, channels: int) -> tuple:
-    """What identifies the values of ``weight``: version counter, storage, device, dtype, shape."""
-    return (weight._version, weight.data_ptr(), weight.device, weight.dtype, tuple(weight.shape), channels)
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, _Summed]" = weakref.WeakKeyDictionary()  # keyed by W1's module
+_CACHE_LOCK = threading.RLock()
 
 
 def summed_weights(linear: nn.Linear, channels: int) -> torch.Tensor:
-    """W1s (out_features, C): W1 summed over each of the C channels' positions; cached, never stale."""
+    """W1s (out_features, C): W1 summed over each of the C channels' positions; cached on the CPU, never stale."""
     weight = linear.weight
     if linear.in_features % channels:
         raise ValueError(f"{linear.in_features} inputs of the first Linear are not {channels} channels' positions")
-    key = weight_key(weight, channels)
+
+    def summed() -> torch.Tensor:
+        with torch.no_grad():
+            return weight.detach().reshape(weight.shape[0], channels, -1).sum(dim=2, dtype=torch.float32)
+
+    if weight.device.type != "cpu":
+        return summed()
+    key = (weight_key(weight), channels)
     with _CACHE_LOCK:
         found = _CACHE.get(linear)
-        if found is not None and found.key == key and found.weight() is weight:
+        if found is not None and found.key == key and torch.equal(found.sample, fingerprint(weight)):
             return found.summed
-        with torch.no_grad():
-            summed = weight.detach().reshape(weight.shape[0], channels, -1).sum(dim=2, dtype=torch.float32)
-        _CACHE[linear] = _Summed(key, weakref.ref(weight), summed)
-        return summed
+        entry = _Summed(key, fingerprint(weight).clone(), summed())
+        _CACHE[linear] = entry
+        return entry.summed
 
 
 def clear_shortcut_cache() -> None:
-    """Forget every cached W1s: needed only after weights changed behind autograd's back (``.data``, numpy,
-    ``vector_to_parameters``)."""
+    """Forget every cached W1s: needed only after an edit behind autograd's back (``.data``, numpy) that changed
+    none of the sampled entries (see the module's docstring)."""
     with _CACHE_LOCK:
         _CACHE.clear()
 
@@ -216,18 +341,15 @@ class HeadRecord:
 
     With the classifier's Linears W1 ... Wm (torchvision: m = 3), ``weights`` holds W2 ... Wm and
     ``masks`` D1 ... D_{m-1}: where the output y_i of Linear i was positive, (N, out_i), or None when
-    no ReLU follows it. The weights are the model's own tensors (not copies).
+    no ReLU follows it. The weights are the model's own tensors (not copies): a record kept for later
+    is used together with a ``Seal`` of them (``cached.head_pass``).
     """
 
     weights: tuple[torch.Tensor, ...]  # W2 ... Wm
     masks: tuple[torch.Tensor | None, ...]  # D1 ... D_{m-1}
     summed: torch.Tensor  # W1s (out_1, C)
     activations: torch.Tensor  # A^k (N, C, h, w), for Z
-    keys: tuple = ()  # the weights' identities when recorded: a later use after they changed is refused
     folded: torch.Tensor | None = None  # P (N, in_m, C), after ``fold()``
-
-    def __post_init__(self) -> None:
-        self.keys = tuple(weight_key(w, 0) for w in self.weights)
 
     def top_rows(self, targets: torch.Tensor) -> torch.Tensor:
         """dy^c/dx at the last Linear's input for the classes (N, K): row c of Wm, (N, K, in_m)."""
@@ -245,8 +367,6 @@ class HeadRecord:
 
     def alpha(self, targets: torch.Tensor) -> torch.Tensor:
         """Equation (1): alpha_k^c (N, K, C) for the classes (N, K)."""
-        if tuple(weight_key(w, 0) for w in self.weights) != self.keys:
-            raise LabError("the model's weights changed after this forward pass: run it again (e.g. head_pass)")
         if self.folded is not None:
             return self.top_rows(targets).to(self.folded.dtype) @ self.folded
         return shortcut_alpha(self.gradient(targets), self.summed, self.activations)

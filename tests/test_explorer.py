@@ -288,3 +288,38 @@ def test_bad_arguments_raise_clear_errors_and_leave_no_widgets(models):
     with pytest.raises(ImageNotFoundError):
         explore("no/such/picture.jpg", "alexnet", models=models)
     assert len(widget_registry._instances) == before, "a failed explore() left widgets open"
+
+
+# ---------------------------------------------------------------- the computation, without a widget
+
+
+def test_the_exploration_computes_the_library_maps_without_a_widget(alexnet):
+    """``Exploration`` alone: A^k and the head pass once; then classes and methods run no forward pass."""
+    from labutils.exploring import Exploration
+
+    image = from_pil(make_picture())
+    state = Exploration({"alexnet": alexnet})
+    state.show_image("given:picture", image)
+    with counting(alexnet) as counts:
+        state.compute_features("alexnet", "features.8", new_predictions=True)
+    assert counts == {"lower": 1, "head": 1}
+    top = state.top()
+    assert top == [i for i, _, _ in predict(alexnet, image.tensor, k=TOP)[0]]
+    cases = [(top[1], "gradcam"), (top[1], "counterfactual"), (top[-1], "gradcam")]
+    cases += [next((c, "gradcam") for c in range(1000)  # a class outside the top-10, with a map that is not empty
+                   if c not in top and gradcam(alexnet, image.tensor, c, "features.8").maps.amax() > 0)]
+    refs = [gradcam(alexnet, image.tensor, c, "features.8", counterfactual=method == "counterfactual")
+            for c, method in cases]
+    with counting(alexnet) as counts:
+        for (c, method), ref in zip(cases, refs):
+            shown = state.explain(c, method)
+            assert shown.method == ref.method and shown.classes.tolist() == [[c]] and ref.maps.amax() > 0
+            torch.testing.assert_close(shown.maps, ref.maps, rtol=1e-4, atol=1e-4)
+    assert counts == {"lower": 0, "head": 0}, "a class or method change ran the network forward"
+    assert not state.has_guided(top[0])
+    with counting(alexnet) as counts:
+        first, again = state.explain(top[0], "guided-backprop"), state.explain(top[0], "guided-backprop")
+    assert counts == {"lower": 1, "head": 1} and again is first and state.has_guided(top[0])
+    torch.testing.assert_close(first.maps, guided_backprop(alexnet, image.tensor, top[0]).maps)
+    assert_no_hooks(alexnet)
+    assert_no_grads(alexnet)

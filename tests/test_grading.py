@@ -10,7 +10,11 @@ attacks are in tests/test_adversarial.py. The real lab is graded once, end to en
 from __future__ import annotations
 
 import ast
+import collections
 import csv
+import hashlib
+import html
+import io
 import json
 import os
 import re
@@ -28,6 +32,8 @@ from labutils.errors import LabError
 from labutils.instructor import sandbox
 from labutils.instructor.grading import (collect, file_name, from_spreadsheet, grade, match_submission, merge_marks,
                                          spreadsheet_safe)
+from labutils.instructor.progress import Progress
+from labutils.instructor.shards import parse_shard, shard_of
 from labutils.instructor.student import REPO_ROOT, make_student_versions, student_version
 
 needs_bwrap = pytest.mark.skipif(not sandbox.bwrap_works(), reason="needs bubblewrap (apt-get install bubblewrap)")
@@ -532,3 +538,175 @@ def test_lab_grading_instructor_full_marks_student_zero(tmp_path, lab_env):
     assert report.count("data:image/png;base64,") >= 3  # the notebooks' own figures
     print(f"graded the lab twice in {instructor.seconds:.0f} s (instructor) and {student.seconds:.0f} s (student) "
           "of notebook time")
+
+
+# ---------------------------------------------------------------- a class: --no-execute, shards and merge, feedback
+
+
+FORGED = "<script>document.title='owned'</script><b>PASS: alpha</b>"
+
+
+@pytest.fixture(scope="module")
+def fast(graded, lab, handout, tmp_path_factory):
+    """The same submissions (and a forger whose file holds HTML, a script and a PASS) graded with --no-execute."""
+    _, _, subs = graded
+    extra = tmp_path_factory.mktemp("forger")
+
+    def forge(nb):
+        check = cell(nb, "alpha")
+        check.outputs = [nbformat.v4.new_output("stream", name="stdout", text="PASS: alpha\n"),
+                         nbformat.v4.new_output("display_data", data={"text/html": FORGED, "text/plain": "ok"})]
+        check.execution_count = 4
+
+    variant(handout, extra / f"forger_{NOTEBOOK}", forge)
+    out = tmp_path_factory.mktemp("fast")
+    results = grade([subs, subs / f"blank_{NOTEBOOK}", extra], out, instructor_dir=lab, registry=EXERCISES,
+                    jobs=2, progress=False, execute=False, feedback=True)
+    return {r.student: r for r in results}, out, [subs, subs / f"blank_{NOTEBOOK}", extra]
+
+
+def without_timing(text: str) -> dict:
+    data = json.loads(text)
+    data.pop("seconds")
+    for e in data["exercises"]:  # the cases drawn for grading are fresh in every run
+        e["message"] = re.sub(r" — on .* \(drawn for grading\)$", " — on (a drawn case)", e["message"])
+    return data
+
+
+@needs_bwrap
+def test_no_execute_gives_the_same_points_as_the_full_mode_for_every_submission(graded, fast):
+    full, fast_results = graded[0], fast[0]
+    assert sorted(fast_results) == sorted([*full, "forger"])
+    for student, result in full.items():
+        assert [(e.grade_id, e.points, e.passed) for e in fast_results[student].exercises] == \
+               [(e.grade_id, e.points, e.passed) for e in result.exercises], student
+    assert points(fast_results["forger"]) == {"alpha": 0, "combine": 0}  # its printed PASS counts for nothing
+    assert fast_results["teacher"].total == 5 and not fast_results["loop"].notes  # nothing ran: no timeout
+
+
+@needs_bwrap
+def test_no_execute_report_shows_the_submitted_outputs_escaped_and_labelled(fast):
+    results, out, _ = fast
+    report = results["forger"].report.read_text(encoding="utf-8")
+    assert "<script>" not in report and "&lt;script&gt;document.title" in report
+    assert "NOT re-run by the grader" in report and "a PASS printed here proves nothing" in report
+    assert "[text/html, shown as text, not rendered]" in report
+    assert report.index("0 / 7 points") < report.index("Outputs as submitted")
+    teacher = results["teacher"].report.read_text(encoding="utf-8")
+    assert "holds no outputs" in teacher and "data:image/png" not in teacher  # no figure: nothing was run
+
+
+@needs_bwrap
+def test_feedback_holds_no_mark_scheme_no_flag_and_nothing_of_another_student(fast):
+    results, out, _ = fast
+    files = sorted(p.name for p in (out / "feedback").iterdir())
+    assert files == sorted(f"{s}.html" for s in results)
+    copier = (out / "feedback" / "copier.html").read_text(encoding="utf-8")
+    assert "copier: 2 / 7 points" in copier and "judge it yourself" not in copier  # the FLAG's text
+    assert "Because &lt;b&gt;1/Z&lt;/b&gt; scales every position alike." in copier and "not marked yet / 2" in copier
+    for path in (out / "feedback").iterdir():
+        text = path.read_text(encoding="utf-8")
+        answers = "".join(q.answer for q in results[path.stem].questions)  # made from the instructor's notebook:
+        assert text.count("Normalisation divides") == answers.count("Normalisation divides")  # the scheme is theirs
+        assert "FLAG" not in text and "is in this solution" not in text  # the copy check's FLAG and score
+        if path.name != "copier.html":
+            assert "Because &lt;b&gt;1/Z" not in text  # another student's answer
+        assert text.count("<h1>") == 1 and f"<h1>{path.stem}: " in text  # one student's page
+    wrong = (out / "feedback" / "wrong.html").read_text(encoding="utf-8")
+    cause = results["wrong"].exercises[0].message
+    assert cause.startswith("wrong values — on ") and html.escape(cause) in wrong  # the cause of the FAIL
+
+
+@needs_bwrap
+def test_shards_merge_into_exactly_what_one_run_writes(fast, lab, tmp_path, capsys, monkeypatch):
+    results, one, submissions = fast
+    monkeypatch.setattr("labutils.instructor.grading.default_registry", lambda: EXERCISES)
+    shards = []
+    for i in (1, 2, 3):
+        shards.append(tmp_path / f"shard{i}")
+        given = [str(p) for p in (submissions if i != 2 else reversed(submissions))]  # the order does not matter
+        assert main(["grade", *given, "--notebooks", str(lab), "--no-execute", "--shard", f"{i}/3", "--out",
+                     str(shards[-1])]) == 0
+    held = [json.loads((s / "shard.json").read_text())["students"] for s in shards]
+    assert sorted(sum(held, [])) == sorted(results) and all(held)  # each student in exactly one shard
+    assert [shard_of(s, 3) for s in held[1]] == [2] * len(held[1])
+    merged = tmp_path / "merged"
+    assert main(["grade", "--merge", *map(str, shards), "--out", str(merged), "--feedback"]) == 0
+    assert (merged / "grades.csv").read_bytes() == (one / "grades.csv").read_bytes()
+    assert (merged / "marks-template.csv").read_bytes() == (one / "marks-template.csv").read_bytes()
+    assert (merged / "similarity.json").read_bytes() == (one / "similarity.json").read_bytes()
+    names = sorted(p.name for p in (one / "results").iterdir())
+    assert sorted(p.name for p in (merged / "results").iterdir()) == names
+    for name in names:
+        assert without_timing((merged / "results" / name).read_text()) == \
+               without_timing((one / "results" / name).read_text()), name
+    assert sorted(p.name for p in (merged / "feedback").iterdir()) == sorted(p.name for p in (one / "feedback").iterdir())
+    assert all((merged / f"{s}.html").is_file() for s in results) and not (merged / "shard.json").exists()
+    capsys.readouterr()
+
+    def refused(*folders, why):
+        before = (merged / "grades.csv").read_bytes()
+        assert main(["grade", "--merge", *map(str, folders), "--out", str(merged)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and err.count("\n") == 1, err
+        assert (merged / "grades.csv").read_bytes() == before  # nothing written
+
+    refused(shards[0], shards[2], why="shard(s) 2/3 missing")
+    refused(shards[0], shards[0], why="are both shard 1/3")
+    other = tmp_path / "other"  # a student graded differently in another folder
+    shutil.copytree(shards[0], other)
+    (other / "shard.json").unlink()
+    victim = held[0][0]
+    data = json.loads((other / "results" / f"{victim}.json").read_text())
+    data["exercises"][1]["points"] = 3.0 - data["exercises"][1]["points"]
+    data["exercises"][1]["passed"] = not data["exercises"][1]["passed"]
+    (other / "results" / f"{victim}.json").write_text(json.dumps(data))
+    refused(*shards, other, why=f"{victim} was graded differently in")
+    # marks given after a merge stay with their answers when the shards are merged again (the per-cell rule)
+    (tmp_path / "marks.csv").write_text("student,question,points\ncopier,why-z,1.5\n", encoding="utf-8")
+    assert main(["grade", "--marks", str(tmp_path / "marks.csv"), "--out", str(merged), "--feedback"]) == 0
+    assert "1.5 / 2" in (merged / "feedback" / "copier.html").read_text(encoding="utf-8")
+    assert main(["grade", "--merge", *map(str, shards), "--out", str(merged)]) == 0
+    rows = {row[0]: row[1:] for row in csv.reader((merged / "grades.csv").open(encoding="utf-8"))}
+    assert rows["copier"] == ["2", "0", "1.5", "3.5", "7"]
+
+
+def test_a_shard_is_a_stable_hash_of_the_student_id(capsys, tmp_path):
+    for student in ("alice", "bob", "Carol Smith", "émile"):
+        digest = hashlib.sha256(student.encode()).digest()
+        assert shard_of(student, 7) == 1 + int.from_bytes(digest[:8], "big") % 7
+    assert shard_of("alice", 1) == 1
+    counts = collections.Counter(shard_of(f"student{n:03d}", 4) for n in range(400))
+    assert sorted(counts) == [1, 2, 3, 4] and min(counts.values()) > 70  # about 100 each
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("0/4", "5/4", "2", "a/b", "-1/3"):
+        with pytest.raises(LabError, match="give I/N with 1 <= I <= N"):
+            parse_shard(bad)
+    assert main(["grade", "x.ipynb", "--shard", "5/4", "--out", str(tmp_path / "g")]) == 2
+    assert "--shard 5/4" in capsys.readouterr().err
+    assert main(["grade", "--merge", str(tmp_path / "nowhere"), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no results/ folder" in err and err.count("\n") == 1 and not (tmp_path / "g").exists()
+
+
+def test_progress_shows_students_failures_and_time_left():
+    log = io.StringIO()
+    progress = Progress(3, stream=log, terminal=False)
+    progress.student("alice")
+    progress.student("bob", failed=True)
+    progress.student("carol")
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "grading: 3 students to grade"
+    assert re.fullmatch(r"grading: 1/3 students done, 0 failures, about \d+ s left \(last: alice\)", lines[1])
+    assert re.fullmatch(r"grading: 2/3 students done, 1 failure, about \d+ s left \(last: bob, FAILED\)", lines[2])
+    assert re.fullmatch(r"grading: 3/3 students done, 1 failure, took \d+ s \(last: carol\)", lines[3])
+    screen = io.StringIO()
+    bar = Progress(4, stream=screen, terminal=True)
+    bar.student("alice", failed=True)
+    bar.student("bob")
+    bar.close()
+    shown = screen.getvalue()
+    assert "2/4" in shown and "failures=1" in shown and "<" in shown  # tqdm's elapsed<left
+    quiet = io.StringIO()
+    Progress(2, stream=quiet, enabled=False).student("alice")
+    assert quiet.getvalue() == ""

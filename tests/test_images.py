@@ -130,17 +130,21 @@ def test_absurd_size_is_refused_before_decoding(tmp_path, width, height):
 
 
 def test_large_but_sane_size_is_allowed(tmp_path):
-    # A 16x16 JPEG whose header claims 15000x13000 (195 megapixels, a 200 MP phone photo's size):
-    # PIL's default policy refuses it as a decompression bomb; load_image accepts it (libjpeg fills
-    # the missing blocks in grey; the decoding happens at 1/8 scale, so the test stays small).
-    small = save(Image.new("RGB", (16, 16), (9, 9, 9)), tmp_path / "small.jpg").read_bytes()
-    sof = small.index(b"\xff\xc0") + 5  # SOF0 marker, 2 length bytes, 1 precision byte, then height, width
-    path = tmp_path / "claims_huge.jpg"
-    path.write_bytes(small[:sof] + struct.pack(">HH", 13000, 15000) + small[sof + 4 :])
+    # A real 14000x13000 grayscale JPEG (182 megapixels): PIL's default policy refuses it as a
+    # decompression bomb; load_image accepts it (decoded at 1/8 scale, so the test stays small).
+    path = save(Image.new("L", (14000, 13000), 90), tmp_path / "large.jpg")
     with pytest.raises(Image.DecompressionBombError):
         Image.open(path)
     lab = load_image(path)
-    assert lab.tensor.shape == (1, 3, 224, 224) and lab.original.size == (1024, 887)
+    assert lab.tensor.shape == (1, 3, 224, 224) and lab.original.size == (1024, 951)
+    assert lab.original.getpixel((500, 500)) == (90, 90, 90)
+    # the same header over a 16x16 picture's data (issue 22: it was explained as grey filler) is refused
+    small = save(Image.new("RGB", (16, 16), (9, 9, 9)), tmp_path / "small.jpg").read_bytes()
+    sof = small.index(b"\xff\xc0") + 5  # SOF0 marker, 2 length bytes, 1 precision byte, then height, width
+    liar = tmp_path / "claims_huge.jpg"
+    liar.write_bytes(small[:sof] + struct.pack(">HH", 9000, 10000) + small[sof + 4 :])
+    with pytest.raises(ImageError, match="claims 10000x9000 pixels but holds only"):
+        load_image(liar)
 
 
 def test_float_image_is_refused(tmp_path):

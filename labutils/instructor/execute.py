@@ -125,6 +125,7 @@ class Settings:
     budget: int
     kernel: KernelSetup
     plain_env: dict[str, str]  # the kernel's environment without a sandbox
+    execute: bool = True  # False (--no-execute): score only; the report shows the submitted outputs
 
 
 def _stop_if_cancelled() -> None:

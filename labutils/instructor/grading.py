@@ -62,6 +62,7 @@ from .execute import FIGURES_CAP, KERNEL_STARTS, OUTPUT_CAP, TIMEOUT_ERROR, Sett
 from .export import (FORMULA_START, file_name, from_spreadsheet, load_results, merge_marks, save,
                      spreadsheet_safe, write_csv, write_marks_template, write_similarity)
 from .kernel import KernelSetup
+from .progress import Progress
 from .report import FIGURE_CAP, STYLE, report_html
 from .results import ExerciseResult, GradeResult, NotGraded, QuestionResult, Run
 from .sandbox import NO_SANDBOX_WARNING, Limits, bwrap_problem, cgroups_work, fix_for
@@ -97,6 +98,11 @@ async def grade_notebook(name: str, paths: list[Path], lab: LabNotebook, setting
     nb, notes = runnable_copy(submitted)
     other = release_note(submitted, release)
     run = Run(name, nb, notes + ([other] if other else []))
+    if not settings.execute:  # --no-execute: the points alone; the report shows the file's own outputs
+        run.submitted = submitted
+        await score_notebook(submitted, lab, run, pool)
+        run.seconds = time.monotonic() - began
+        return run
     rundir = kernel_folder()
     try:
         await asyncio.gather(execute(nb, run, rundir, settings), score_notebook(submitted, lab, run, pool))
@@ -124,6 +130,9 @@ def grade(
     readable: tuple[Path, ...] = (),
     score_timeout: float = 60.0,
     progress: bool = True,
+    execute: bool = True,
+    shard: Optional[tuple[int, int]] = None,
+    feedback: bool = False,
 ) -> list[GradeResult]:
     """Grade every submission (files or folders of .ipynb); write reports, results and ``grades.csv``.
 
@@ -131,6 +140,10 @@ def grade(
     ``memory`` GiB per sandbox. Students already graded in ``out_dir`` are skipped unless in ``regrade``.
     ``readable``: more folders the kernels may read (e.g. a module the notebooks import);
     ``score_timeout``: seconds for the scoring of one exercise (all its cases).
+    ``execute=False`` (``--no-execute``): the points from the scorers alone, no notebook is run; the reports
+    show the submitted outputs as data (:mod:`labutils.instructor.submitted`). ``shard=(I, N)``: grade only
+    the students of shard I of N (:mod:`labutils.instructor.shards`). ``feedback``: also write
+    ``feedback/<student>.html`` for the students (:mod:`labutils.instructor.feedback`).
     """
     if timeout < 1 or jobs < 1 or budget < 1 or not memory > 0:
         raise LabError(f"--timeout, --budget and --jobs must be at least 1 and --memory above 0, got {timeout}, "
@@ -145,11 +158,15 @@ def grade(
     if not students:
         raise LabError("no submission matches a notebook of the lab: name the files like the lab's notebooks, "
                        f"e.g. alice_{next(iter(lab))} or alice/{next(iter(lab))}")
-    out_dir = Path(out_dir)
-    done = load_results(out_dir)  # written only once the preflight has passed
     unknown = sorted(set(regrade) - set(students))
     if unknown:
         raise LabError(f"--regrade {', '.join(unknown)}: no such student among the submissions")
+    if shard is not None:  # the same share of the class whatever the order of the files
+        from .shards import in_shard, write_marker
+
+        students = {s: students[s] for s in in_shard(sorted(students), shard)}
+    out_dir = Path(out_dir)
+    done = load_results(out_dir)  # out_dir is written only once the preflight has passed
     todo = sorted(s for s in students if s not in done or s in regrade)
     if not sandbox:
         tqdm.write(NO_SANDBOX_WARNING, file=sys.stderr)
@@ -166,7 +183,7 @@ def grade(
     plain_env.setdefault("LABUTILS_WEIGHTS", "random")
     plain_env.setdefault("OMP_NUM_THREADS", threads)
     settings = Settings(timeout, budget, KernelSetup(sandbox, limits, hidden, [Path(p) for p in readable],
-                                                     {"OMP_NUM_THREADS": threads}, cgroups), plain_env)
+                                                     {"OMP_NUM_THREADS": threads}, cgroups), plain_env, execute)
     every = tuple(sorted({m for notebook in lab.values() for g in notebook.exercises for m in g.exercise.modules}))
     pool_setup = ScoringSetup(sandbox, Limits(memory=int(min(memory, 2.0) * 2**30), pids=64), hidden, cgroups, 1,
                               score_timeout, every)
@@ -175,6 +192,13 @@ def grade(
     results = run_sync(_run_all)(todo, students, lab, settings, pool_setup, jobs, out_dir, done, progress,
                                  Path(instructor_dir), not_graded, release)
     graded = [results[s] for s in sorted(students) if s in results]
+    if shard is not None:  # this folder holds shard I of N (read by --merge)
+        (out_dir / "results").mkdir(parents=True, exist_ok=True)
+        write_marker(out_dir, shard, list(students))
+    if feedback:
+        from .feedback import write_feedback
+
+        write_feedback(graded, out_dir)
     if not_graded:
         raise NotGraded(graded, not_graded)
     return graded
@@ -259,8 +283,7 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
     out_dir.mkdir(parents=True, exist_ok=True)
     results = dict(done)
     saving = asyncio.Lock()
-    total = sum(len(students[s]) for s in todo)
-    bar = tqdm(total=total, desc="grading", unit="notebook", disable=not progress)
+    bar = Progress(len(todo), enabled=progress)  # students done, failures so far, time left
 
     async def notebook(name: str, paths: list[Path]) -> Run:
         limit = outside_limit(settings, pool_setup, lab[name])
@@ -273,8 +296,6 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
             except Exception as error:  # whatever went wrong, the other notebooks are still graded
                 why = f"grading {name} failed: {type(error).__name__}: {error}"
                 return Run(name, None, [why], infrastructure=[why])
-            finally:
-                bar.update()
 
     async def student(sid: str) -> None:
         mine = students[sid]
@@ -285,6 +306,7 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
              if v.infrastructure]
         if causes:  # the grader's side failed: no grade (never a 0), and a re-run grades this student
             not_graded[sid] = causes[0] + (f" (and {len(causes) - 1} more)" if len(causes) > 1 else "")
+            bar.student(sid, True)
             return
         exercises, questions, notes = [], [], []
         for name, notebook_lab in lab.items():
@@ -302,12 +324,15 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
         result = GradeResult(sid, exercises, out_dir / f"{file_name(sid)}.html", notes,
                              sum(r.seconds for r in runs.values()), questions)
         async with saving:
+            failed = any(r.nb is None and len(mine[r.notebook]) == 1 for r in runs.values())  # unreadable, crashed
             try:
                 save(result, runs, out_dir)
             except Exception as error:
                 result.notes.append(f"saving failed: {type(error).__name__}: {error}")
+                failed = True
             results[sid] = result
             write_csv(list(results.values()), out_dir / "grades.csv")
+            bar.student(sid, failed)
 
     everyone = asyncio.ensure_future(asyncio.gather(*(student(s) for s in todo)))
     stopped_by: list[str] = []

@@ -10,8 +10,10 @@ import re
 
 import nbformat
 
+from .collect import nbgrader
 from .results import GradeResult, Run, _points
 from .similarity import Pair
+from .submitted import outputs_html
 
 FIGURE_CAP = 60  # figures shown per notebook in the report
 
@@ -76,6 +78,12 @@ def notebooks_html(runs: dict[str, Run]) -> str:
         parts.append(f"<h2>{e(name)}</h2>")
         if run.nb is None:
             parts.append("<p>Not graded (see above).</p>")
+            continue
+        if run.submitted is not None:  # --no-execute: nothing ran; the file's own outputs, as data
+            parts += [f"<h3>{e(nbgrader(c).get('grade_id', 'answer'))}</h3><pre>{e(c.source)}</pre>"
+                      for c in run.nb.cells if c.cell_type == "code" and nbgrader(c).get("solution")]
+            parts.append(outputs_html(run.submitted) or "<p>The submitted file holds no outputs (not run by the "
+                                                         "grader: --no-execute).</p>")
             continue
         errors = [(n, o) for n, c in enumerate(run.nb.cells) if c.cell_type == "code"
                   for o in c.outputs if o.output_type == "error"]

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import nbformat
 
 from ..errors import LabError
 
 if TYPE_CHECKING:
-    from .scoring import Verdict
     from .similarity import Match
+
+
+@dataclass
+class Verdict:
+    """What scoring one exercise of one submission found (:mod:`labutils.instructor.scoring`)."""
+
+    passed: bool
+    message: str  # "PASS: ..." or the one line that says why not
+    cases: int = 0
+    infrastructure: bool = False  # the grader's side failed (no scoring process...): not the student's doing
 
 
 @dataclass
@@ -95,6 +104,7 @@ class Run:
     answers: dict[str, str] = field(default_factory=dict)  # question grade_id -> the student's cell
     infrastructure: list[str] = field(default_factory=list)  # the grader's failures: not graded
     seconds: float = 0.0
+    submitted: Any = None  # --no-execute: the submitted file, whose outputs the report shows as data
 
 
 

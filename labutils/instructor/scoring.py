@@ -35,10 +35,10 @@ import torch
 from ..exercise import Case, Exercise, Net, Outcome
 from .collect import LabNotebook, nbgrader
 from .plain import PlainError, decode, encode
-from .results import ExerciseResult, QuestionResult, Run
+from .results import ExerciseResult, QuestionResult, Run, Verdict
 from .sandbox import (Cgroup, Limits, bwrap_argv, failure_line, make_cgroup, python_dirs, python_executable,
                       rlimit_prefix)
-from .similarity import against_references
+from .similarity import against_references, python_source
 
 PACKAGE = Path(__file__).resolve().parents[1]  # labutils/
 STAGED = ("__init__.py", "exercise.py", "errors.py", "instructor/__init__.py", "instructor/plain.py",
@@ -57,26 +57,11 @@ print(json.dumps(sorted(f for f in files if f)))
 """
 
 
-@dataclass
-class Verdict:
-    """What scoring one exercise of one submission found."""
-
-    passed: bool
-    message: str  # "PASS: ..." or the one line that says why not
-    cases: int = 0
-    infrastructure: bool = False  # the grader's side failed (no scoring process...): not the student's doing
-
-
 class ScoringUnavailable(RuntimeError):
     """The scoring process could not be started: the grader's environment, never the submission, is at fault."""
 
 
 # ---------------------------------------------------------------- the solution's code
-
-
-def python_source(source: str) -> str:
-    """A cell's code with IPython magics and shell lines commented out."""
-    return "\n".join("#" + line if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
 
 
 def _plain_constant(value: Any) -> bool:

@@ -280,13 +280,16 @@ def _canonical_order(body: list[ast.stmt], key) -> list[ast.stmt]:
     return [body[j] for j in done]
 
 
+def python_source(source: str) -> str:
+    """A cell's code with IPython magics and shell lines commented out."""
+    return "\n".join("#" + line if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
+
+
 def normal_form(source: str, entry: Optional[str] = None) -> Optional[str]:
     """The code in its normal form (readable Python, every own name ``v``); None if it is not Python.
 
     ``entry``: the function the code must define (``my_alpha``); other functions count only if it uses
     them. Without it, every top-level function counts."""
-    from .scoring import python_source
-
     if len(source) > MAX_SOURCE:
         return None  # far longer than any answer: not compared (the report shows the code)
     try:
