@@ -328,7 +328,11 @@ def grade(args: argparse.Namespace) -> int:
     if args.marks:
         if args.submissions:
             raise LabError("--marks merges marks into graded results and runs no notebook: give no submissions")
-        results = merge_marks([Path(m) for m in args.marks], Path(args.out), feedback=args.feedback)
+        results = merge_marks([Path(m) for m in args.marks], Path(args.out))
+        if args.feedback:  # the students' pages, with the marks just merged
+            from .instructor.feedback import write_feedback
+
+            write_feedback(results, Path(args.out))
     elif args.merge:
         from .instructor.shards import merge
 

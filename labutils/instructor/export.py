@@ -131,7 +131,7 @@ def _read_marks(marks: Path) -> list[tuple[str, int, str, str, str]]:
              (row["points"] or "").strip()) for n, row in enumerate(rows, start=2)]
 
 
-def merge_marks(marks: Path | list[Path], out_dir: Path, feedback: bool = False) -> list[GradeResult]:
+def merge_marks(marks: Path | list[Path], out_dir: Path) -> list[GradeResult]:
     """Merge manual marks into ``out_dir``'s results; rewrite grades.csv and the reports; no notebook is run.
 
     ``marks`` is one CSV, or several (e.g. one per teaching assistant), with a header row and the columns
@@ -186,8 +186,4 @@ def merge_marks(marks: Path | list[Path], out_dir: Path, feedback: bool = False)
                         "notebooks here)</p>"
         _write_text(result.report, report_page(result, notebooks))
     write_csv(list(results.values()), out_dir / "grades.csv")
-    if feedback:  # the students' pages, with the marks just merged
-        from .feedback import write_feedback
-
-        write_feedback(list(results.values()), out_dir)
     return list(results.values())
