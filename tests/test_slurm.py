@@ -116,10 +116,11 @@ def test_a_class_graded_in_shards_through_slurm_equals_the_one_machine_run(tmp_p
     assert (out / "marks-template.csv").read_bytes() == (one / "marks-template.csv").read_bytes()
     assert (out / "similarity.json").read_bytes() == (one / "similarity.json").read_bytes()  # pairs across shards
     names = sorted(p.name for p in (one / "results").iterdir())
-    assert sorted(p.name for p in (out / "results").iterdir()) == names and len(names) == 9
-    for name in names:
-        assert without_timing((out / "results" / name).read_text()) == without_timing((one / "results" / name)
-                                                                                      .read_text()), name
+    assert sorted(p.name for p in (out / "results").iterdir()) == names
+    assert len([n for n in names if n.endswith(".json")]) == 9
+    for name in names:  # the results (timing aside), and the notebooks' part of each report (as written)
+        mine, theirs = (out / "results" / name).read_text(), (one / "results" / name).read_text()
+        assert (without_timing(mine) == without_timing(theirs)) if name.endswith(".json") else mine == theirs, name
     assert sorted(p.name for p in (out / "feedback").iterdir()) == sorted(p.name for p in (one / "feedback").iterdir())
     rows = {row[0]: row[1:] for row in csv.reader((out / "grades.csv").open(encoding="utf-8"))}
     assert rows["student0"][:2] == ["2", "3"] and rows["student1"][:2] == ["0", "0"] and rows["student2"][0] == "0"

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..errors import LabError
 from .export import _write_text, load_results, write_csv, write_marks_template, write_similarity
+from .report import report_page
 from .results import GradeResult
 
 MARKER = "shard.json"
@@ -186,10 +187,15 @@ def merge(folders: list[Path], out_dir: Path, feedback: bool = False) -> list[Gr
             _write_text(json_path, json.dumps(result.to_json(), indent=1))
         elif source != out_dir:  # the shard's own bytes: exactly what one run writes
             _write_text(json_path, (source / "results" / f"{name}.json").read_text(encoding="utf-8"))
+        kept = source / "results" / f"{name}.notebooks.html"  # the notebooks' part of the report
+        if source != out_dir and kept.is_file():
+            shutil.copyfile(kept, out_dir / "results" / kept.name)
         report = source / f"{name}.html"
         if source != out_dir and report.is_file():
             shutil.copyfile(report, out_dir / f"{name}.html")
         result.report = out_dir / f"{name}.html"
+        if student in changed and kept.is_file():  # a mark merged in: the report says what grades.csv says
+            _write_text(result.report, report_page(result, kept.read_text(encoding="utf-8")))
     results = [merged[s] for s in sorted(merged)]
     write_csv(results, out_dir / "grades.csv")
     write_marks_template(results, out_dir / "marks-template.csv")
