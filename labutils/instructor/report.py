@@ -6,6 +6,7 @@ Everything a submission wrote is escaped; figures are shown only as base64 image
 from __future__ import annotations
 
 import html
+import os
 import re
 
 import nbformat
@@ -85,6 +86,7 @@ def notebooks_html(runs: dict[str, Run]) -> str:
             parts.append(outputs_html(run.submitted) or "<p>The submitted file holds no outputs (not run by the "
                                                          "grader: --no-execute).</p>")
             continue
+        parts.append(f"<p>{e(weights_line())}</p>")
         errors = [(n, o) for n, c in enumerate(run.nb.cells) if c.cell_type == "code"
                   for o in c.outputs if o.output_type == "error"]
         if errors:
@@ -108,6 +110,17 @@ def notebooks_html(runs: dict[str, Run]) -> str:
         if len(figures) > FIGURE_CAP:
             parts.append(f"<p>{len(figures) - FIGURE_CAP} more figures not shown.</p>")
     return "\n".join(parts)
+
+
+def weights_line() -> str:
+    """Which weights the outputs of the grader's re-run came from (the kernels' ``LABUTILS_WEIGHTS``, set as in
+    :mod:`labutils.instructor.kernel`): the marker reads a written answer beside them."""
+    weights = os.environ.get("LABUTILS_WEIGHTS") or "random"
+    if weights == "random":
+        return ("The outputs below come from the grader's re-run with untrained weights (LABUTILS_WEIGHTS=random): "
+                "a student who ran the lab with the pretrained weights saw other numbers and maps (the mark schemes "
+                "cover both).")
+    return f"The outputs below come from the grader's re-run with LABUTILS_WEIGHTS={weights}."
 
 
 def similarity_html(pairs: list[Pair]) -> str:
