@@ -286,9 +286,20 @@ def test_marks_merge_per_cell_in_any_order_and_reports_agree_with_grades_csv(gra
     assert reports["copier"] == ("3.5", "1.5")
     assert "figure of cell" in (tmp_path / "grades-0" / "teacher.html").read_text(encoding="utf-8")  # still whole
     copy = tmp_path / "grades-0"
-    clear = tmp_path / "clear.csv"
-    clear.write_text("student,question,points\ncopier,why-z,-\nteacher,why-z,clear\n", encoding="utf-8")
-    assert main(["grade", "--marks", str(clear), "--out", str(copy)]) == 0
+    capsys.readouterr()
+    for late in ("copier,why-z,-", "wrong,why-z,2"):  # another file, in a later merge: the order would decide
+        other = tmp_path / "late.csv"
+        other.write_text(f"student,question,points\n{late}\n", encoding="utf-8")
+        assert main(["grade", "--marks", str(other), "--out", str(copy)]) == 2
+        err = capsys.readouterr().err
+        gave = "ta1.csv, line 2" if late.startswith("copier") else "ta2.csv, line 4"
+        assert gave in err and f"{other}, line 2" in err and "earlier merge" in err and err.count("\n") == 1, err
+    # clearing is an explicit value, given in the file that gave the mark (corrected and merged again)
+    first.write_text("student,question,points,max,comment\ncopier,why-z,-,2,\nteacher,why-z,,2,\n"
+                     "wrong,why-z,,2,\n", encoding="utf-8")
+    second.write_text("student,question,points,max,comment\ncopier,why-z,,2,\nteacher,why-z,clear,2,\n"
+                      "wrong,why-z,0.5,2,\n", encoding="utf-8")
+    assert main(["grade", "--marks", str(first), "--marks", str(second), "--out", str(copy)]) == 0
     rows, reports = _merged(copy)
     assert rows["copier"][-3:] == ["", "2", "7"] and reports["copier"] == ("2", "not marked yet")
     assert rows["teacher"][-3:] == ["", "5", "7"] and rows["wrong"][-3:] == ["0.5", "3.5", "7"]
@@ -300,11 +311,14 @@ def test_marks_merge_per_cell_in_any_order_and_reports_agree_with_grades_csv(gra
     err = capsys.readouterr().err
     assert f"{second}, line 3" in err and f"{third}, line 2" in err and err.count("\n") == 1, err
     twice = tmp_path / "twice.csv"
-    twice.write_text("student,question,points\nwrong,why-z,1\nwrong,why-z,-\n", encoding="utf-8")
+    twice.write_text("student,question,points\ncopier,why-z,1\ncopier,why-z,-\n", encoding="utf-8")
     assert main(["grade", "--marks", str(twice), "--out", str(copy)]) == 2
     err = capsys.readouterr().err
     assert f"{twice}, line 2" in err and f"{twice}, line 3" in err, err
     assert (copy / "grades.csv").read_bytes() == before  # nothing written
+    second.write_text("student,question,points\nwrong,why-z,1\n", encoding="utf-8")  # the same file, corrected
+    assert main(["grade", "--marks", str(second), "--out", str(copy)]) == 0
+    assert _merged(copy)[0]["wrong"][-3:] == ["1", "4", "7"]
 
 
 def test_spreadsheet_formulas_are_neutralised_and_ids_make_safe_file_names():

@@ -138,8 +138,10 @@ def merge_marks(marks: Path | list[Path], out_dir: Path) -> list[GradeResult]:
     ``student,question,points`` (more columns, e.g. ``max`` and ``comment`` of ``marks-template.csv``, are
     ignored). Merging is per cell: an empty ``points`` changes nothing, ``-`` or ``clear`` removes a mark,
     a number sets it. The same answer given different points in the files being merged (or twice in one
-    file) is refused, naming both lines, so the files merge to the same result in any order. Every row is
-    checked before anything is written.
+    file) is refused, naming both lines, so the files merge to the same result in any order; so is a mark
+    that another file (by its name) gave in an earlier merge: each mark remembers its file and line
+    (``marked_at``), and only that file, corrected and merged again, changes it. Every row is checked before
+    anything is written.
     """
     out_dir = Path(out_dir)
     results = load_results(out_dir)
@@ -171,9 +173,19 @@ def merge_marks(marks: Path | list[Path], out_dir: Path) -> list[GradeResult]:
             now = "clears it" if value is None else f"gives {value:g}"
             raise LabError(f"--marks: {student}'s {question} is {said} at {earlier[2]} but {line} {now}; "
                            "agree on one mark and merge again")
+        before = found[0]
+        if before.marked_at and before.points != value and \
+                before.marked_at.rsplit(", line ", 1)[0] != Path(where).name:
+            said = "cleared" if before.points is None else f"{before.points:g}"
+            now = "clears it" if value is None else f"gives {value:g}"
+            raise LabError(f"--marks: {student}'s {question} was given {said} by {before.marked_at} (an earlier merge) "
+                           f"but {line} {now}; agree on one mark, then correct {before.marked_at.rsplit(', line ', 1)[0]} "
+                           "and merge it again")
         updates[(student, question)] = (found[0], value, line)
-    for question, value, _ in updates.values():
+    for question, value, line in updates.values():
+        sheet, _, number = line.rpartition(", line ")
         question.points = value
+        question.marked_at = None if value is None else f"{Path(sheet).name}, line {number}"
     changed = {student for student, _ in updates}
     for student in sorted(changed):
         result = results[student]

@@ -320,7 +320,7 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
         earlier = {q.grade_id: q for q in done[sid].questions} if sid in done else {}
         for q in questions:  # a mark stays with an answer that did not change
             if q.grade_id in earlier and earlier[q.grade_id].answer == q.answer:
-                q.points = earlier[q.grade_id].points
+                q.points, q.marked_at = earlier[q.grade_id].points, earlier[q.grade_id].marked_at
         result = GradeResult(sid, exercises, out_dir / f"{file_name(sid)}.html", notes,
                              sum(r.seconds for r in runs.values()), questions)
         async with saving:

@@ -136,7 +136,7 @@ def _merge_student(student: str, first: GradeResult, where: Path, other: GradeRe
         if mine.answer != theirs.answer:
             raise conflict(f"the written answer {mine.grade_id} differs")
         if theirs.points is not None and mine.points is None:
-            mine.points, changed = theirs.points, True
+            mine.points, mine.marked_at, changed = theirs.points, theirs.marked_at, True
         elif theirs.points is not None and mine.points != theirs.points:
             raise conflict(f"{mine.grade_id} marked {mine.points:g} and {theirs.points:g}")
     if sorted(other.notes) != sorted(first.notes):
