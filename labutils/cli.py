@@ -79,7 +79,8 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise LabError(f"{message} (see: python -m labutils {self.prog.split()[-1]} --help)")
+        command = self.prog.removeprefix("python -m labutils").strip()  # "" for the top-level parser
+        raise LabError(f"{message} (see: python -m labutils {command + ' ' if command else ''}--help)")
 
 
 def image_paths(items: Sequence[str]) -> list[Path]:

@@ -517,3 +517,10 @@ def test_real_command_takes_a_10000x8000_photo_without_a_full_resolution_copy(re
     extra = r["peak_mb"] - real_runs["folder"]["peak_mb"]
     print(f"10000x8000 JPEG: peak {r['peak_mb']:.0f} MB, {extra:+.0f} MB over the run on five small images")
     assert extra < 400
+
+
+def test_a_usage_error_names_the_help_to_read(capsys):
+    assert main([]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("(see: python -m labutils --help)")
+    assert main(["summary"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("(see: python -m labutils summary --help)")
