@@ -29,6 +29,7 @@ from pathlib import Path
 import nbformat
 
 from .errors import LabError
+from .submission import match_submission, prelude, python_source
 
 TEXT_STUB = "YOUR ANSWER HERE"
 CHECK_SECONDS = 300  # per notebook checked
@@ -67,18 +68,6 @@ def graded_notebooks() -> dict[str, list]:
     return dict(sorted(found.items()))
 
 
-def grader_sees(path: Path, notebooks: list[str]) -> tuple[str, str] | None:
-    """(student id, lab notebook) as the grader matches a file name; None when it matches no graded notebook."""
-    stem = path.stem
-    for name in sorted(notebooks, key=len, reverse=True):
-        lab = Path(name).stem
-        if stem == lab:
-            return path.absolute().parent.name, name
-        if stem.endswith(lab) and stem[: -len(lab)][-1:] in ("_", "-", ".", " "):
-            return stem[: -len(lab)].rstrip("_-. "), name
-    return None
-
-
 def _files(items: list[Path]) -> list[Path]:
     files = []
     for item in items:
@@ -98,30 +87,6 @@ def _grade_id(cell: dict) -> str:
     return meta.get("grade_id", "") if isinstance(meta, dict) else ""
 
 
-def _python(source: str) -> str:
-    return "\n".join("#" + line if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
-
-
-def _import_lines(sources: list[str]) -> list[str]:
-    """The top-level imports and literal constants of the cells before a solution (what it may use)."""
-    lines = []
-    for source in sources:
-        try:
-            tree = ast.parse(_python(source))
-        except SyntaxError:
-            continue
-        for node in tree.body:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                lines.append(ast.unparse(node))
-            elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                try:
-                    ast.literal_eval(node.value)
-                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                    continue
-                lines.append(ast.unparse(node))
-    return list(dict.fromkeys(lines))
-
-
 def exercise_lines(notebooks: list[tuple[nbformat.NotebookNode, list]]) -> list[list[str]]:
     """For each (notebook, its exercises): the PASS/FAIL line of each exercise, its check re-run on the saved
     solution cell. All of them run in one fresh Python process (torch is imported once)."""
@@ -136,7 +101,8 @@ def exercise_lines(notebooks: list[tuple[nbformat.NotebookNode, list]]) -> list[
                              f"(grade id {exercise.solution_grade_id}); was it deleted?"
                 continue
             before = [c.source for c in cells[:index] if c.cell_type == "code"]
-            code = "\n".join(_import_lines(before)) + "\n" + _python(cells[index].source)
+            given = dict.fromkeys(ast.unparse(node) for node in prelude(before))  # what the solution may use
+            code = "\n".join(given) + "\n" + python_source(cells[index].source)
             jobs.append({"key": key, "grade_id": exercise.grade_id, "code": code})
     if jobs:
         seconds = CHECK_SECONDS * len(notebooks)
@@ -174,7 +140,7 @@ def handin_check(items: list[Path], student: str | None = None, out=print) -> in
     passed = total = 0
     found = []
     for path in files:
-        match = grader_sees(path, list(labs))
+        match = match_submission(path, list(labs))
         if match is None:
             out(f"{path}: no graded exercise or question in it; the grader skips it (graded: {', '.join(labs)})")
             continue

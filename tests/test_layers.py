@@ -25,7 +25,7 @@ PACKAGE = Path(labutils.__file__).parent
 # Bottom to top. "checks" and "instructor" stand for every module of those subpackages.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),  # the lab's exceptions
-    ("images", "download", "summary", "sanity", "exercise", "nets"),  # need nothing of the lab but errors
+    ("images", "download", "summary", "sanity", "exercise", "nets", "submission"),  # need nothing of the lab but errors
     ("weights",),  # the weight files (download)
     ("models", "data"),  # the networks, their classes and layers; the sample images
     ("inputs", "hooks"),  # what protects the method; section 5.1's hooks

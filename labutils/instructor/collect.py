@@ -18,6 +18,7 @@ import nbformat
 
 from ..errors import LabError
 from ..exercise import Exercise
+from ..submission import match_submission
 from .similarity import reference_sources
 from .student import TEXT_BEGIN, TEXT_END
 
@@ -142,18 +143,6 @@ def default_registry() -> list[Exercise]:
 
 
 # ---------------------------------------------------------------- which file is whose
-
-
-def match_submission(path: Path, notebooks: list[str]) -> tuple[str, str] | None:
-    """(student id, lab notebook name) of a submitted file, or None when it matches no lab notebook."""
-    stem = path.stem
-    for name in sorted(notebooks, key=len, reverse=True):
-        lab = Path(name).stem
-        if stem == lab:
-            return path.absolute().parent.name, name
-        if stem.endswith(lab) and stem[: -len(lab)][-1:] in ("_", "-", ".", " "):
-            return stem[: -len(lab)].rstrip("_-. "), name
-    return None
 
 
 def _files(item: Path, skipped: list[str]) -> list[Path]:

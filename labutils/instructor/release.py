@@ -45,6 +45,7 @@ from pathlib import Path
 import nbformat
 
 from ..errors import LabError
+from ..submission import python_source
 from .student import CODE_BEGIN, CODE_END, REPO_ROOT, TEXT_BEGIN, TEXT_END, default_notebooks, solution_regions, \
     student_version, write_notebook
 
@@ -389,11 +390,6 @@ def make_release(out_dir: Path, install_from: str | None = None, notebooks: list
 
 
 # ---------------------------------------------------------------- the leak check
-
-
-def python_source(source: str) -> str:
-    """A cell's code with IPython magics and shell lines commented out."""
-    return "\n".join("#" + line if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
 
 
 class _Anonymous(ast.NodeTransformer):

@@ -33,12 +33,13 @@ import nbformat
 import torch
 
 from ..exercise import Case, Exercise, Net, Outcome
+from ..submission import prelude, python_source
 from .collect import LabNotebook, nbgrader
 from .plain import PlainError, decode, encode
 from .results import ExerciseResult, QuestionResult, Run, Verdict
 from .sandbox import (Cgroup, Limits, bwrap_argv, failure_line, make_cgroup, python_dirs, python_executable,
                       rlimit_prefix)
-from .similarity import against_references, python_source
+from .similarity import against_references
 
 PACKAGE = Path(__file__).resolve().parents[1]  # labutils/
 STAGED = ("__init__.py", "exercise.py", "errors.py", "instructor/__init__.py", "instructor/plain.py",
@@ -172,22 +173,11 @@ def import_lines(sources: list[str]) -> list[str]:
     """What the solution may use from the cells before it: their top-level imports (labutils constants as values,
     re-exported names from their own module) and literal constants (``SIZE = (224, 224)``), one statement a line."""
     lines = []
-    for source in sources:
-        try:
-            tree = ast.parse(python_source(source))
-        except SyntaxError:
-            continue
-        for node in tree.body:
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "labutils":
-                lines += _labutils_line(node)
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                lines.append(ast.unparse(node))
-            elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                try:
-                    ast.literal_eval(node.value)
-                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                    continue
-                lines.append(ast.unparse(node))
+    for node in prelude(sources):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "labutils":
+            lines += _labutils_line(node)
+        else:
+            lines.append(ast.unparse(node))
     return list(dict.fromkeys(lines))
 
 

@@ -47,6 +47,7 @@ from typing import Iterable, Optional
 import nbformat
 
 from ..exercise import Exercise
+from ..submission import python_source
 
 K = 5  # tokens per k-gram
 W = 4  # winnowing window: the smallest hash of every W consecutive k-grams is kept
@@ -278,11 +279,6 @@ def _canonical_order(body: list[ast.stmt], key) -> list[ast.stmt]:
         ready = [j for j in range(len(body)) if j not in done and after[j] <= set(done)]
         done.append(min(ready, key=lambda j: keys[j]))
     return [body[j] for j in done]
-
-
-def python_source(source: str) -> str:
-    """A cell's code with IPython magics and shell lines commented out."""
-    return "\n".join("#" + line if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n"))
 
 
 def normal_form(source: str, entry: Optional[str] = None) -> Optional[str]:
