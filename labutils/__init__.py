@@ -8,14 +8,15 @@ Read it next to the notebooks, one module per idea:
 - ``data``     the sample images (manifest, checksums, fetch)
 - ``inputs``   what protects the method: input checks, placement, class targets, precision
 - ``hooks``    forward and gradient hooks: A^k and dy^c/dA^k (section 5.1)
-- ``gradcam``  equations (1) and (2), post-processing, counterfactual maps
+- ``equations`` equations (1) and (2) and the post-processing of section 5.5, on tensors
+- ``gradcam``  Grad-CAM and counterfactual maps of a network: the equations run on a model
 - ``guided``   Guided Backpropagation and Guided Grad-CAM
 - ``shortcut`` the exact shortcut for equation (1) through VGG-16's / AlexNet's head (W1s^T g1)
 - ``predict``  the top-k classes of each image
 - ``overlay``  jet overlays and labelled figures
 - ``summary``  the architecture tables (the seed's Tables 1 and 2)
 
-The Grad-CAM itself is in ``hooks``, ``gradcam`` and ``guided``: start there (``shortcut`` after). Around it:
+The Grad-CAM itself is in ``hooks``, ``equations``, ``gradcam`` and ``guided``: start there (``shortcut`` after). Around it:
 
 - ``cached``   Grad-CAM from kept feature maps: only the head is recomputed (for the explorer)
 - ``explorer`` the interactive ipywidgets explorer of the results notebook (``exploring``: its computation)

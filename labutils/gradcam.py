@@ -5,9 +5,10 @@ For a target class c and the feature maps A^k of a conv layer:
     alpha_k^c = 1/Z sum_i sum_j dy^c/dA^k_ij          (1)  global-average-pooled gradients
     L^c       = ReLU( sum_k alpha_k^c A^k )           (2)  weighted sum of the feature maps
 
-then L^c is upsampled bilinearly to the input size and normalized to [0, 1] (section 5.5).
-The counterfactual map uses negated weights, -alpha_k^c: it shows what, if removed, would make
-the network *more* sure of class c.
+then L^c is upsampled bilinearly to the input size and normalized to [0, 1] (section 5.5). These
+formulas are ``labutils.equations``; this module runs them on a network. The counterfactual map
+uses negated weights, -alpha_k^c: it shows what, if removed, would make the network *more* sure of
+class c.
 
 ``gradcam(model, x, classes)`` does all of it for a batch of images and several classes at once:
 one forward pass, in which the layers below the target layer run without autograd (they need no
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .equations import alpha_weights, combine, normalize, postprocess, upsample  # noqa: F401  (importable from here)
 from .hooks import capture
 from .inputs import (
     ClassSpec, callers_autocast, class_targets, explaining, lower_precision, model_input, on_device, targets_for,
@@ -53,41 +55,6 @@ class Explanation:
         """The same explanation with its tensors on ``device`` (e.g. ``"cpu"`` before ``.numpy()``)."""
         return replace(self, classes=self.classes.to(device), scores=self.scores.to(device),
                        raw=self.raw.to(device), maps=self.maps.to(device))
-
-
-# ---------------------------------------------------------------- the two equations
-
-
-def alpha_weights(gradients: torch.Tensor) -> torch.Tensor:
-    """Equation (1): alpha_k^c, the gradients dy^c/dA^k averaged over the Z = h*w positions. (…, K, h, w) -> (…, K)."""
-    return gradients.mean(dim=(-2, -1))
-
-
-def combine(alpha: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
-    """Equation (2): L^c = ReLU(sum_k alpha_k^c A^k). alpha (…, K), A (…, K, h, w) -> (…, h, w)."""
-    return F.relu((alpha[..., None, None] * activations).sum(dim=-3))
-
-
-# ---------------------------------------------------------------- post-processing (section 5.5)
-
-
-def normalize(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each map (last two dims) to [0, 1]; a flat map becomes all zeros, never NaN."""
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    return torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1), torch.zeros_like(maps))
-
-
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (…, h, w) maps to ``size`` (the input image's height and width)."""
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:])
-    return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
-
-
-def postprocess(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Section 5.5: upsample L^c bilinearly to the input size, keep positive values, normalize to [0, 1]."""
-    return normalize(F.relu(upsample(raw, size)))
 
 
 # ---------------------------------------------------------------- dy^c/dA^k for K classes, one backward pass

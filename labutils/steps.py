@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .gradcam import alpha_weights, combine, postprocess
+from .equations import alpha_weights, combine, postprocess
 from .hooks import capture
 
 

@@ -1,8 +1,8 @@
 """A small synthetic lab for the grading tests: one instructor notebook, two exercises and a written question.
 
 The exercises are real ones in miniature: ``my_alpha`` (equation (1), reference
-``labutils.gradcam:alpha_weights``) and ``my_combine`` (equation (2), reference
-``labutils.gradcam:combine``). Their cases and diagnoses follow the contract of
+``labutils.equations:alpha_weights``) and ``my_combine`` (equation (2), reference
+``labutils.equations:combine``). Their cases and diagnoses follow the contract of
 ``labutils.exercise``: fixed cases students see, fresh ones drawn by the grader, and a diagnosis
 computed in the grader's process from the reference. The notebook imports only torch, so a
 sandboxed kernel runs it in a few seconds.
@@ -70,9 +70,9 @@ def _diagnose(reference: Callable) -> Callable[[Case, Outcome], Optional[str]]:
 
 EXERCISES = [
     Exercise("alpha", NOTEBOOK, "my_alpha", (), alpha_cases, _diagnose(alpha_weights),
-             reference="labutils.gradcam:alpha_weights"),
+             reference="labutils.equations:alpha_weights"),
     Exercise("combine", NOTEBOOK, "my_combine", (), combine_cases, _diagnose(combine),
-             reference="labutils.gradcam:combine"),
+             reference="labutils.equations:combine"),
 ]
 
 

@@ -129,12 +129,12 @@ def test_checks_leave_no_state(capsys):
 REFERENCE_MODULES = {
     "layer_cost": {"labutils.summary", "labutils.checks"},
     "capture": {"labutils.hooks", "labutils.steps", "labutils.gradcam"},
-    "alpha": {"labutils.gradcam", "labutils.steps"},
-    "combine": {"labutils.gradcam", "labutils.steps"},
-    "postprocess": {"labutils.gradcam", "labutils.steps"},
+    "alpha": {"labutils.gradcam", "labutils.equations", "labutils.steps"},
+    "combine": {"labutils.gradcam", "labutils.equations", "labutils.steps"},
+    "postprocess": {"labutils.gradcam", "labutils.equations", "labutils.steps"},
     "gradcam": {"labutils.gradcam", "labutils.pipeline", "labutils.cached"},
     "layer_sweep": {"labutils.checks"},
-    "cam": {"labutils.gradcam", "labutils.steps"},
+    "cam": {"labutils.gradcam", "labutils.equations", "labutils.steps"},
     "guided_relu": {"labutils.guided"},
     "guided_gradcam": {"labutils.guided"},
     "counterfactual": {"labutils.steps", "labutils.guided"},
@@ -149,7 +149,7 @@ def test_the_registry():
     for e in checks.EXERCISES:
         assert isinstance(e, Exercise) and e.function == f"my_{e.grade_id}" and e.solution_grade_id == f"{e.grade_id}-solution"
         assert not set(e.modules) & REFERENCE_MODULES[e.grade_id], e.grade_id
-        assert all(m == "labutils.nets" or m in ("labutils.steps", "labutils.pipeline", "labutils.gradcam", "labutils.models")
+        assert all(m == "labutils.nets" or m in ("labutils.steps", "labutils.pipeline", "labutils.gradcam", "labutils.equations", "labutils.models")
                    for m in e.modules), e.modules
         for case in e.cases(None):  # plain data and Nets only: what can travel to the grader's sandbox
             for arg in case.args:

@@ -8,30 +8,61 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import labutils
 from labutils.checks import EXERCISES
 from labutils.instructor.scoring import _stage, import_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # The labutils files that implement each exercise's answer (or compose it from the lab's earlier answers):
-# a scorer that stages one of them lets a solution import the answer.
+# a scorer that stages one of them lets a solution import the answer. Every exercise has its row.
 ANSWERS = {
-    "capture": {"hooks.py", "steps.py", "pipeline.py"},  # hooks.capture is the answer
-    "alpha": {"gradcam.py", "steps.py", "pipeline.py", "shortcut.py"},
-    "combine": {"gradcam.py", "steps.py", "pipeline.py"},
-    "postprocess": {"gradcam.py", "steps.py", "pipeline.py"},
+    "layer_cost": {"summary.py"},  # the architecture tables count the layers' cost
+    "capture": {"hooks.py", "steps.py", "pipeline.py", "gradcam.py", "guided.py", "shortcut.py", "cached.py"},
+    "alpha": {"equations.py", "gradcam.py", "steps.py", "pipeline.py", "shortcut.py", "cached.py"},
+    "combine": {"equations.py", "gradcam.py", "steps.py", "pipeline.py", "cached.py"},
+    "postprocess": {"equations.py", "gradcam.py", "steps.py", "pipeline.py", "cached.py"},
+    "gradcam": {"gradcam.py", "pipeline.py", "guided.py", "cached.py", "shortcut.py", "exploring.py"},
+    "layer_sweep": {"checks/gradcam_math.py"},  # correlations(): the reference's correlation
+    "cam": {"gradcam.py", "shortcut.py", "cached.py", "pipeline.py", "guided.py", "exploring.py"},
     "guided_relu": {"guided.py"},
-    "pointing_game": {"sanity.py"},
-    "layer_cost": {"summary.py"},
+    "guided_gradcam": {"guided.py"},  # guided_times_cam
+    "counterfactual": {"gradcam.py", "guided.py", "cached.py", "exploring.py"},  # gradcam(counterfactual=True)
     "overlay": {"overlay.py"},
-    "cam": {"gradcam.py", "steps.py", "pipeline.py"},
+    "pointing_game": {"sanity.py"},
 }
+
+
+def staged_files(exercise, folder: Path) -> tuple[set[str], set[str]]:
+    """The labutils files in the exercise's scoring process: copies of the package's own files, and views
+    (files that only re-export names from the copies)."""
+    copies, views = set(), set()
+    package = Path(labutils.__file__).parent
+    for path in _stage(tuple(exercise.modules), folder).rglob("*.py"):
+        name = path.relative_to(folder / "labutils").as_posix()
+        text = path.read_text(encoding="utf-8")
+        original = package / name
+        if original.is_file() and original.read_text(encoding="utf-8") == text:
+            copies.add(name)
+        elif name.endswith("__init__.py") and "def " not in text and "class " not in text:
+            views.add(name)  # the package files, with nothing of their own
+        else:
+            tree = ast.parse(text)
+            assert all(isinstance(n, ast.ImportFrom) or (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+                       for n in tree.body), f"{name} is neither a copy nor a view:\n{text}"
+            views.add(name)
+    return copies, views
+
+
+def test_every_exercise_has_a_row_of_answers():
+    assert set(ANSWERS) == {e.grade_id for e in EXERCISES}
 
 
 def test_importing_labutils_main_does_nothing():
@@ -66,12 +97,31 @@ def test_import_lines_find_where_a_re_exported_name_is_defined():
 
 @pytest.mark.parametrize("exercise", EXERCISES, ids=lambda e: e.grade_id)
 def test_no_scorer_holds_the_answer_to_its_exercise(exercise, tmp_path):
-    staged = {p.relative_to(tmp_path / "labutils").as_posix()
-              for p in _stage(tuple(exercise.modules), tmp_path).rglob("*.py")}
-    assert staged >= {"exercise.py", "instructor/scorer.py"}
+    copies, views = staged_files(exercise, tmp_path)
+    assert copies >= {"exercise.py", "instructor/scorer.py"}
     reference = exercise.reference.split(":")[0].split(".")[1:] if exercise.reference else []
-    forbidden = ANSWERS.get(exercise.grade_id, set()) | ({"/".join(reference) + ".py"} if reference else set())
-    assert not staged & forbidden, f"{exercise.grade_id}'s scorer holds {sorted(staged & forbidden)}"
+    forbidden = ANSWERS[exercise.grade_id] | ({"/".join(reference) + ".py"} if reference else set())
+    assert not copies & forbidden, f"{exercise.grade_id}'s scorer holds {sorted(copies & forbidden)}"
+    for name in views:  # a view re-exports only what the copies define
+        for node in ast.parse((tmp_path / "labutils" / name).read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom):
+                home = node.module.split(".")[1:]
+                assert "/".join(home) + ".py" in copies, f"{name} re-exports from {node.module}, not staged"
+
+
+def test_the_counterfactual_scorer_offers_the_equations_not_gradcam(tmp_path):
+    """The reproduction: gradcam(counterfactual=True) is the answer; alpha_weights and combine are allowed."""
+    (exercise,) = [e for e in EXERCISES if e.grade_id == "counterfactual"]
+    copies, views = staged_files(exercise, tmp_path)
+    assert "equations.py" in copies and "gradcam.py" in views
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from labutils.gradcam import alpha_weights, combine\n"
+            "import labutils.gradcam as g\n"
+            "print(hasattr(g, 'gradcam'), hasattr(g, 'explanation_from_alpha'), callable(combine))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "True"]
 
 
 def test_import_lines_of_every_lab_notebook_bind_what_importing_would():

@@ -25,12 +25,12 @@ PACKAGE = Path(labutils.__file__).parent
 # Bottom to top. "checks" and "instructor" stand for every module of those subpackages.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),  # the lab's exceptions
-    ("images", "download", "summary", "sanity", "exercise", "nets", "submission"),  # need nothing of the lab but errors
+    ("images", "download", "summary", "sanity", "exercise", "nets", "submission", "equations"),  # nothing of the lab but errors
     ("weights",),  # the weight files (download)
     ("models", "data"),  # the networks, their classes and layers; the sample images
     ("inputs", "hooks"),  # what protects the method; section 5.1's hooks
     ("shortcut",),  # the exact shortcut for equation (1) (hooks)
-    ("gradcam",),  # equations (1) and (2), section 5.5, gradcam()
+    ("gradcam",),  # gradcam(): the equations run on a network
     ("guided", "cached", "steps", "predict", "overlay"),  # built on gradcam
     ("checks", "exploring", "pipeline", "status"),  # what the notebooks use around the method
     ("explorer", "handin", "instructor"),  # the explorer's widgets; the check before handing in; the grader
@@ -240,9 +240,10 @@ def test_a_circle_is_found_and_shown_as_a_path():
 
 @pytest.mark.parametrize("function, kept_out", [
     ("my_capture", {"labutils.hooks", "labutils.gradcam", "labutils.shortcut", "labutils.steps"}),
-    ("my_guided_gradcam", {"labutils.guided"}),
-    ("my_counterfactual", {"labutils.guided"}),
-    ("my_gradcam", {"labutils.pipeline"}),
+    ("my_guided_gradcam", {"labutils.guided", "labutils.gradcam"}),
+    ("my_counterfactual", {"labutils.guided", "labutils.gradcam"}),  # gradcam(counterfactual=True)
+    ("my_gradcam", {"labutils.pipeline", "labutils.gradcam", "labutils.shortcut", "labutils.guided"}),
+    ("my_layer_sweep", {"labutils.gradcam", "labutils.shortcut", "labutils.checks"}),
 ])
 def test_an_exercise_stages_no_module_that_holds_its_answer(function, kept_out):
     """The scorer sees only ``Exercise.modules`` and what they import (any import, at any level)."""

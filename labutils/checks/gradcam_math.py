@@ -71,7 +71,7 @@ def _alpha(case: Case, got: object) -> Optional[str]:
 
 ALPHA = Exercise(
     "alpha", NOTEBOOK, "my_alpha", (), gradient_cases, diagnosis("my_alpha", _alpha),
-    reference="labutils.gradcam:alpha_weights",
+    reference="labutils.equations:alpha_weights",
 )
 
 
@@ -122,7 +122,7 @@ def _combine(case: Case, got: object) -> Optional[str]:
 
 COMBINE = Exercise(
     "combine", NOTEBOOK, "my_combine", (), combine_cases, diagnosis("my_combine", _combine),
-    reference="labutils.gradcam:combine",
+    reference="labutils.equations:combine",
 )
 
 
@@ -191,7 +191,7 @@ def _postprocess(case: Case, got: object) -> Optional[str]:
 
 POSTPROCESS = Exercise(
     "postprocess", NOTEBOOK, "my_postprocess", (), postprocess_cases, diagnosis("my_postprocess", _postprocess),
-    reference="labutils.gradcam:postprocess",
+    reference="labutils.equations:postprocess",
 )
 
 
@@ -365,11 +365,11 @@ CAM = Exercise(
 )  # fmt: skip
 
 VERIFIED = {
-    "alpha": "alpha_k^c matches labutils.gradcam.alpha_weights (equation 1) on VGG-16 and AlexNet shapes, a batch "
+    "alpha": "alpha_k^c matches labutils.equations.alpha_weights (equation 1) on VGG-16 and AlexNet shapes, a batch "
     "of 2 images × 3 classes with non-square maps and negative gradients",
-    "combine": "L^c = ReLU(sum_k alpha_k^c A^k) matches labutils.gradcam.combine (equation 2) on a conv layer's "
+    "combine": "L^c = ReLU(sum_k alpha_k^c A^k) matches labutils.equations.combine (equation 2) on a conv layer's "
     "output, VGG-16 shapes, a non-square batch of 2 images × 3 classes and a flat map",
-    "postprocess": "upsample (bilinear) + ReLU + normalize matches labutils.gradcam.postprocess (section 5.5) on "
+    "postprocess": "upsample (bilinear) + ReLU + normalize matches labutils.equations.postprocess (section 5.5) on "
     "VGG-16 and AlexNet maps, a batch of 2 images × 3 classes, a non-square size, a flat and an all-negative map",
     "gradcam": "your pipeline, built from labutils' steps, matches labutils.gradcam on tiny VGG and AlexNet networks "
     "(last ReLU, a conv and an early layer; 1 and 2 non-square images)",

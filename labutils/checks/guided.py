@@ -106,7 +106,7 @@ def _product(case: Case, got: object) -> Optional[str]:
 
 
 GUIDED_GRADCAM = Exercise(
-    "guided_gradcam", NOTEBOOK, "my_guided_gradcam", ("labutils.gradcam",), product_cases,
+    "guided_gradcam", NOTEBOOK, "my_guided_gradcam", ("labutils.equations",), product_cases,
     diagnosis("my_guided_gradcam", _product),
 )  # fmt: skip
 
@@ -147,7 +147,7 @@ def _counterfactual(case: Case, got: object) -> Optional[str]:
 
 
 COUNTERFACTUAL = Exercise(
-    "counterfactual", NOTEBOOK, "my_counterfactual", ("labutils.gradcam",), counterfactual_cases,
+    "counterfactual", NOTEBOOK, "my_counterfactual", ("labutils.equations",), counterfactual_cases,
     diagnosis("my_counterfactual", _counterfactual),
 )  # fmt: skip
 

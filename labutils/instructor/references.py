@@ -90,7 +90,7 @@ REFERENCES = {"layer_cost": layer_cost, "layer_sweep": layer_sweep, "cam": cam, 
 LIBRARY = {  # more labutils code a student can read that computes an exercise's answer
     "layer_cost": ("labutils.checks.architectures:layer_cost",),
     "layer_sweep": ("labutils.checks.gradcam_math:correlations",),
-    "postprocess": ("labutils.gradcam:normalize", "labutils.gradcam:upsample"),
+    "postprocess": ("labutils.equations:normalize", "labutils.equations:upsample"),
     "guided_gradcam": ("labutils.guided:guided_times_cam",),
-    "counterfactual": ("labutils.gradcam:combine",),
+    "counterfactual": ("labutils.equations:combine",),
 }

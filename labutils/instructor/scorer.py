@@ -47,10 +47,11 @@ def write_frame(stream, data: bytes) -> None:  # type: ignore[no-untyped-def]
     stream.flush()
 
 
-def _allow_imports(namespace: dict, modules: list[str]) -> None:
-    """Refuse imports from the student's code outside torch, numpy, ``modules`` and SAFE_STDLIB."""
+def _allow_imports(namespace: dict, modules: list[str], views: tuple[str, ...] | list[str] = ()) -> None:
+    """Refuse imports from the student's code outside torch, numpy, ``modules`` (and the ``views`` of other
+    labutils modules: their re-exports of ``modules``) and SAFE_STDLIB."""
     allowed = {"torch", "numpy", *SAFE_STDLIB}
-    dotted = set()
+    dotted = set(views)
     for name in modules:
         parts = name.split(".")
         dotted |= {".".join(parts[: n + 1]) for n in range(len(parts))}
@@ -85,7 +86,7 @@ def child(request: dict, fd: int) -> None:
 
     os.chdir(request["workdir"])
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
-    _allow_imports(namespace, list(request["modules"]))
+    _allow_imports(namespace, list(request["modules"]), list(request.get("views", [])))
     for line in request["prelude"]:
         try:
             exec(compile(line, "<notebook imports>", "exec"), namespace)

@@ -44,6 +44,7 @@ from .similarity import against_references
 PACKAGE = Path(__file__).resolve().parents[1]  # labutils/
 STAGED = ("__init__.py", "exercise.py", "errors.py", "instructor/__init__.py", "instructor/plain.py",
           "instructor/scorer.py")  # fmt: skip
+STAGED_MODULES = {"labutils." + name[:-3].replace("/", ".") for name in STAGED if not name.endswith("__init__.py")}
 SCORE_TIMEOUT = 60.0  # seconds for one exercise's cases, all together
 START_TIMEOUT = 180.0  # seconds for a scoring process to import torch and say it is ready
 PROBE = """
@@ -288,8 +289,43 @@ def _with_dependencies(modules: tuple[str, ...]) -> list[str]:
     return sorted(seen)
 
 
+def _top_level_names(module: str) -> list[str]:
+    """The names ``module``'s source binds at its top level (functions, classes, imports, assignments)."""
+    tree = _module_tree(module)
+    names: list[str] = []
+    for node in tree.body if tree else []:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.ImportFrom):
+            names += [a.asname or a.name for a in node.names if a.name != "*"]
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return list(dict.fromkeys(n for n in names if not n.startswith("_")))
+
+
+def views(staged: set[str]) -> dict[str, list[str]]:
+    """For each labutils module that is not staged, what it re-exports from the staged ones, as import lines:
+    ``labutils.gradcam`` -> ``from labutils.equations import combine``... (its own functions stay out). The
+    scoring process gets these as files, so ``from labutils.gradcam import combine`` works where the module
+    that holds Grad-CAM itself is absent."""
+    found = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        module = "labutils" if path.name == "__init__.py" else f"labutils.{path.stem}"
+        if module in staged or path.name == "__main__.py":
+            continue
+        lines = []
+        for name in _top_level_names(module):
+            home = _defined(module, name)
+            if home is not None and home[0] == "home" and home[1] in staged and home[1] != module:
+                lines.append(f"from {home[1]} import {name}")
+        if lines:
+            found[module] = lines
+    return found
+
+
 def _stage(modules: tuple[str, ...], folder: Path) -> Path:
-    """A copy of the few labutils files the scoring process may see: exercise, plain data, the scorer, modules."""
+    """A copy of the few labutils files the scoring process may see: exercise, plain data, the scorer, modules
+    and what they import; and, for the other labutils modules, only what they re-export from those (``views``)."""
     root = folder / "labutils"
     for name in STAGED:
         target = root / name
@@ -298,11 +334,13 @@ def _stage(modules: tuple[str, ...], folder: Path) -> Path:
             target.write_text('"""The files of labutils a scoring process may import."""\n', encoding="utf-8")
         else:
             shutil.copy(PACKAGE / name, target)
+    staged = set(STAGED_MODULES)
     for module in _with_dependencies(modules):
         parts = module.split(".")
         if parts[0] != "labutils" or len(parts) < 2:
             continue
         source = PACKAGE.joinpath(*parts[1:])
+        staged.add(module)
         if source.is_dir():
             shutil.copytree(source, root.joinpath(*parts[1:]), dirs_exist_ok=True)
         elif source.with_suffix(".py").is_file():
@@ -313,6 +351,10 @@ def _stage(modules: tuple[str, ...], folder: Path) -> Path:
                 if not init.exists():
                     init.write_text("", encoding="utf-8")
             shutil.copy(source.with_suffix(".py"), target)
+    for module, lines in views(staged).items():
+        target = root / "__init__.py" if module == "labutils" else root / f"{module.split('.')[-1]}.py"
+        target.write_text(f'"""{module} as a scoring process sees it: only what it re-exports from the files '
+                          'staged here."""\n\n' + "\n".join(lines) + "\n", encoding="utf-8")
     return folder
 
 
@@ -368,6 +410,7 @@ class Scorer:
         self.process: Optional[asyncio.subprocess.Process] = None
         self.cgroup: Optional[Cgroup] = None
         self.stage = _stage(modules, Path(tempfile.mkdtemp(prefix="stage-", dir=setup.workdir)))
+        self.views = sorted(views(set(_with_dependencies(modules)) | STAGED_MODULES))
         self.entries: Optional[list[Path]] = None
         self.said = bytearray()
         self.drain: Optional[asyncio.Future] = None
@@ -495,7 +538,9 @@ class ScoringPool:
             return Verdict(False, f"the grader could not draw this exercise's cases ({type(error).__name__}: {error})",
                            infrastructure=True)
         try:
-            reply = await self.scorer(tuple(exercise.modules)).score(request, self.setup.timeout)
+            scorer = self.scorer(tuple(exercise.modules))
+            request["views"] = scorer.views  # importable too: labutils.gradcam's re-exports from the staged files
+            reply = await scorer.score(request, self.setup.timeout)
         except ScoringUnavailable as error:
             return Verdict(False, str(error), infrastructure=True)
         return verdict(exercise, cases, fixed, reply)
