@@ -233,18 +233,27 @@ PREFLIGHT_CELL = "import labutils, numpy, torch, matplotlib.pyplot\nprint('prefl
 
 async def preflight(lab: dict[str, LabNotebook], instructor_dir: Path, settings: Settings, pool: ScoringPool) -> str:
     """Why this run cannot grade anyone ('' when it can): the instructor's own solutions, scored by the run's
-    scoring processes, must earn full marks, and a kernel must start in the run's sandbox and import the lab."""
+    scoring processes, must earn full marks, and (unless ``--no-execute``) a kernel must start in the run's
+    sandbox and import the lab. Every scoring process and the kernel start at once."""
+    runs = {name: Run(name, None) for name in lab}
+    scoring = [score_notebook(nbformat.read(instructor_dir / name, as_version=4), notebook, runs[name], pool)
+               for name, notebook in lab.items()]
+    checks = await asyncio.gather(*scoring, *([_kernel_problem(settings)] if settings.execute else []))
+    problem = checks[-1] if settings.execute else ""
     for name, notebook in lab.items():
-        run = Run(name, None)
-        await score_notebook(nbformat.read(instructor_dir / name, as_version=4), notebook, run, pool)
         for graded in notebook.exercises:
-            found = run.verdicts[graded.exercise.grade_id]
+            found = runs[name].verdicts[graded.exercise.grade_id]
             if not found.passed:
                 if found.infrastructure:
                     return f"no scoring process can run here: {found.message}; {fix_for(found.message)}"
                 return (f"the instructor's own solution to {graded.exercise.grade_id} ({instructor_dir / name}) does "
                         f"not earn its points here: {found.message}; check the registry, the notebook and that the "
                         "modules the exercise needs are installed (--notebooks DIR names the instructor's notebooks)")
+    return problem
+
+
+async def _kernel_problem(settings: Settings) -> str:
+    """Why a notebook kernel cannot run in this run's sandbox and import the lab ('' when it can)."""
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(PREFLIGHT_CELL)])
     run = Run("preflight", nb)
     rundir = kernel_folder()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import json
 import operator
 import os
@@ -25,6 +26,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -34,7 +36,7 @@ import torch
 
 from ..exercise import Case, Exercise, Net, Outcome
 from ..submission import prelude, python_source
-from .collect import LabNotebook, nbgrader
+from .collect import Graded, LabNotebook, nbgrader
 from .plain import PlainError, decode, encode
 from .results import ExerciseResult, QuestionResult, Run, Verdict
 from .sandbox import (Cgroup, Limits, bwrap_argv, failure_line, make_cgroup, python_dirs, python_executable,
@@ -81,7 +83,17 @@ def _module_tree(module: str) -> ast.Module | None:
     path = PACKAGE.joinpath(*parts[1:])
     path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
     try:
-        return ast.parse(path.read_text(encoding="utf-8"))
+        stat = path.stat()
+    except OSError:
+        return None
+    return _parsed(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(path: str, mtime_ns: int, size: int) -> ast.Module | None:
+    """A file's syntax tree, parsed once per version of the file (its time and size are part of the key)."""
+    try:
+        return ast.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
         return None
 
@@ -397,6 +409,7 @@ class ScoringSetup:
     timeout: float = SCORE_TIMEOUT  # seconds for one exercise's cases
     modules: tuple[str, ...] = ()  # every exercise's modules: one probe finds the files they all need
     entries: Optional[list[Path]] = None  # what that probe found (site-packages entries)
+    probing: threading.Lock = field(default_factory=threading.Lock)  # scorers start at once: one probe for all
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=f"labutils-scoring-{os.getpid()}-")))
     # named after the grader's process: what a run leaves behind can be told from another run's
 
@@ -419,10 +432,11 @@ class Scorer:
         command = [python_executable(), "-m", "labutils.instructor.scorer"]
         if not self.setup.sandboxed:
             return command
-        if self.setup.entries is None:  # once per run, for all the scoring processes
-            every = tuple(sorted(set(self.setup.modules) | set(self.modules)))
-            probe = _stage(every, Path(tempfile.mkdtemp(prefix="probe-", dir=self.setup.workdir)))
-            self.setup.entries = needed_entries(probe, every)
+        with self.setup.probing:
+            if self.setup.entries is None:  # once per run, for all the scoring processes
+                every = tuple(sorted(set(self.setup.modules) | set(self.modules)))
+                probe = _stage(every, Path(tempfile.mkdtemp(prefix="probe-", dir=self.setup.workdir)))
+                self.setup.entries = needed_entries(probe, every)
         self.entries = self.setup.entries
         env = {"PYTHONPATH": str(self.stage), "PATH": "/usr/bin:/bin", "HOME": "/tmp/home", "LC_ALL": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": str(self.setup.threads),
@@ -555,28 +569,36 @@ class ScoringPool:
 
 
 async def score_notebook(submitted: nbformat.NotebookNode, lab: LabNotebook, run: Run, pool: ScoringPool) -> None:
-    """Score each exercise of the notebook from the solution cells of the grader's own copy."""
+    """Score each exercise of the notebook from the solution cells of the grader's own copy, all at once: an
+    exercise waits only for its own scoring process."""
     cells = [c for c in submitted.get("cells", []) if isinstance(c, dict)] \
         if isinstance(submitted.get("cells"), list) else []
-    for graded in lab.exercises:
+    found = {graded.exercise.grade_id: [n for n, c in enumerate(cells) if c.get("cell_type") == "code"
+                                        and nbgrader(c).get("grade_id") == graded.exercise.solution_grade_id
+                                        and isinstance(c.get("source"), str)] for graded in lab.exercises}
+
+    async def one(graded: Graded) -> Verdict:
         exercise = graded.exercise
-        where = [n for n, c in enumerate(cells) if nbgrader(c).get("grade_id") == exercise.solution_grade_id
-                 and c.get("cell_type") == "code" and isinstance(c.get("source"), str)]
-        if not where:
-            run.verdicts[exercise.grade_id] = Verdict(False, f"no solution cell {exercise.solution_grade_id} in "
-                                                             "this notebook (made from an older handout?)")
-            continue
-        if len(where) > 1:
-            run.notes.append(f"{len(where)} cells claim to be the solution {exercise.solution_grade_id}: the first "
-                             "was scored")
-        code = cells[where[0]]["source"]
-        prelude = import_lines([c["source"] for c in cells[: where[0]] if c.get("cell_type") == "code"
+        if not found[exercise.grade_id]:
+            return Verdict(False, f"no solution cell {exercise.solution_grade_id} in this notebook (made from an "
+                                  "older handout?)")
+        first = found[exercise.grade_id][0]
+        prelude = import_lines([c["source"] for c in cells[:first] if c.get("cell_type") == "code"
                                 and isinstance(c.get("source"), str)])
-        run.verdicts[exercise.grade_id] = await pool.score(exercise, code, prelude)
-        run.solutions[exercise.grade_id] = code
-        match = against_references(code, dict(graded.references), exercise.function)
-        if match is not None:
-            run.similar[exercise.grade_id] = match
+        return await pool.score(exercise, cells[first]["source"], prelude)
+
+    verdicts = await asyncio.gather(*(one(graded) for graded in lab.exercises))
+    for graded, verdict in zip(lab.exercises, verdicts):  # in the lab's order, whatever order they finished in
+        grade_id, where = graded.exercise.grade_id, found[graded.exercise.grade_id]
+        run.verdicts[grade_id] = verdict
+        if len(where) > 1:
+            run.notes.append(f"{len(where)} cells claim to be the solution {graded.exercise.solution_grade_id}: "
+                             "the first was scored")
+        if where:
+            run.solutions[grade_id] = cells[where[0]]["source"]
+            match = against_references(cells[where[0]]["source"], dict(graded.references), graded.exercise.function)
+            if match is not None:
+                run.similar[grade_id] = match
     for question in lab.questions:
         answers = [c["source"] for c in cells if nbgrader(c).get("grade_id") == question.grade_id
                    and isinstance(c.get("source"), str)]
