@@ -8,9 +8,11 @@
 - the grader run through a virtual environment reached by a symbolic link (``venv-link/bin/python``), from
   another folder: the instructor's notebook earns full marks (it earned 0 / 41: "bwrap: execvp
   .../venv-link/bin/python");
-- SIGTERM stops that run cleanly: the student graded is kept, no sandbox, cgroup or folder is left.
+- SIGTERM stops that run cleanly: the student graded is kept, no sandbox, cgroup or folder is left;
+- a non-root user created with ``useradd`` (no delegated cgroup), through a Python whose packages come from a
+  ``.pth`` file, from its own folder: full marks, and nothing said but the missing cgroup.
 
-Two short sandboxed runs in all (one student each).
+Three short sandboxed runs in all (one student each).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -136,3 +140,57 @@ def test_a_failure_during_the_run_is_not_a_grade_and_a_rerun_through_a_symlinked
     rows = {row[0]: row for row in csv.reader((out / "grades.csv").open(encoding="utf-8"))}
     assert sorted(rows) == ["student", "teacher"] and rows["teacher"][1:3] == ["2", "3"]  # full marks, kept
     assert "5 / 7 points" in (out / "teacher.html").read_text(encoding="utf-8")
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def _same_python(python: Path) -> bool:
+    """Whether ``python`` is a CPython of this one's version: the environment's compiled packages load in it."""
+    try:
+        said = subprocess.run([str(python), "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+    except OSError:
+        return False
+    return said == str(tuple(sys.version_info[:2]))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd") or not _same_python(SYSTEM_PYTHON),
+                    reason="needs root, useradd and a system Python of this version (CI has them)")
+def test_a_non_root_user_without_cgroups_grades_through_a_pth_environment(lab):
+    """A user created here (no delegated cgroup, no access to /root) grades with another Python whose packages
+    are reached through a ``.pth`` file (``site.addsitedir``, as conda and some hubs lay them out), from its own
+    folder: the preflight passes (kernel and scorers), the instructor's notebook earns full marks, and the run
+    says nothing but the missing cgroup."""
+    user = f"labgrade{os.getpid() % 100000}"
+    home = Path(tempfile.mkdtemp(prefix="gradinguser-"))
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin", user],
+                   check=True)
+    try:
+        subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(home / "env")], check=True)
+        site = next((home / "env" / "lib").glob("python3*/site-packages"))
+        (site / "lab.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n",
+                                      encoding="utf-8")
+        shutil.copytree(lab, home / "instructor")
+        (home / "subs" / "teacher").mkdir(parents=True)
+        shutil.copy(lab / NOTEBOOK, home / "subs" / "teacher" / NOTEBOOK)
+        subprocess.run(["chown", "-R", f"{user}:", str(home)], check=True)
+        home.chmod(0o755)
+        code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import gradinglab\n"
+                "import labutils.instructor.grading as grading; grading.default_registry = lambda: gradinglab.EXERCISES\n"
+                "from labutils.cli import main; sys.exit(main(sys.argv[1:]))")
+        env = ["env", "-i", "PATH=/usr/bin:/bin", f"HOME={home}", "LABUTILS_WEIGHTS=random",
+               f"LABUTILS_DATA={os.environ.get('LABUTILS_DATA', '')}"]
+        done = subprocess.run(["runuser", "-u", user, "--", *env, str(home / "env" / "bin" / "python"), "-c", code,
+                               str(TESTS), "grade", "subs", "--notebooks", "instructor", "--out", "grades",
+                               "--timeout", "60"], capture_output=True, text=True, cwd=home, timeout=600)
+        assert done.returncode == 0, done.stderr
+        said = [line for line in done.stderr.splitlines() if not line.startswith(("grading", "graded"))]
+        assert said and "no writable cgroup here" in said[0] and "Traceback" not in done.stderr, done.stderr
+        rows = {row[0]: row for row in csv.reader((home / "grades" / "grades.csv").open(encoding="utf-8"))}
+        assert rows["teacher"][1:3] == ["2", "3"], rows  # the exercises' full marks (the question is marked by hand)
+        assert (home / "grades" / "teacher.html").stat().st_uid != 0  # written by that user, not by root
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", user], check=False)
+        subprocess.run(["userdel", user], check=False)
+        shutil.rmtree(home, ignore_errors=True)

@@ -152,7 +152,8 @@ def _contains(folder: Path, path: Path) -> bool:
 def python_dirs(hidden: list[Path]) -> list[Path]:
     """The folders the Python environment needs: its prefixes, and the ``sys.path`` entries that are neither
     inside nor around a hidden folder (e.g. not the repository's ``tests/`` that pytest puts on the path);
-    a virtual environment inside the repository is kept."""
+    a virtual environment inside the repository is kept, and so is a folder of installed packages there that
+    another environment reaches through a ``.pth`` file."""
     prefixes = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
     prefixes.add(Path(sys.executable).resolve().parent)
     found = list(prefixes) + [Path(p).resolve() for p in sys.path if p and Path(p).is_absolute() and Path(p).is_dir()]
@@ -161,7 +162,8 @@ def python_dirs(hidden: list[Path]) -> list[Path]:
         if any(_contains(path, h) for h in hidden):
             continue  # e.g. PYTHONPATH=the repository: its labutils/ is bound on its own
         in_env = any(_contains(prefix, path) for prefix in prefixes if not any(_contains(prefix, h) for h in hidden))
-        if not in_env and any(_contains(h, path) for h in hidden):
+        installed = path.name in ("site-packages", "dist-packages")
+        if not in_env and not installed and any(_contains(h, path) for h in hidden):
             continue  # inside the repository, the submissions or the grades (not in the environment)
         if not any(_contains(k, path) for k in keep):
             keep = [k for k in keep if not _contains(path, k)] + [path]
