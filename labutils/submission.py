@@ -38,7 +38,7 @@ def prelude(sources: list[str]) -> list[ast.stmt]:
     for source in sources:
         try:
             tree = ast.parse(python_source(source))
-        except SyntaxError:
+        except (SyntaxError, ValueError, RecursionError, MemoryError):  # not Python, or too deep
             continue
         for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):

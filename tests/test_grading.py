@@ -321,6 +321,31 @@ def test_marks_merge_per_cell_in_any_order_and_reports_agree_with_grades_csv(gra
     assert _merged(copy)[0]["wrong"][-3:] == ["1", "4", "7"]
 
 
+def test_two_assistants_files_of_the_same_name_are_two_files_and_lines_are_an_editors(graded, tmp_path, capsys):
+    """Both assistants fill their copy of marks.csv: the second merge replaced the first one's mark silently
+    (a mark remembered the file's name alone). And a conflict's line is the line an editor shows."""
+    _, out, _ = graded
+    copy = tmp_path / "grades"
+    shutil.copytree(out, copy)
+    (tmp_path / "ta1").mkdir()
+    (tmp_path / "ta2").mkdir()
+    mine, theirs = tmp_path / "ta1" / "marks.csv", tmp_path / "ta2" / "marks.csv"
+    mine.write_text("student,question,points\ncopier,why-z,2\n", encoding="utf-8")
+    theirs.write_text("student,question,points\ncopier,why-z,0\n", encoding="utf-8")
+    assert main(["grade", "--marks", str(mine), "--out", str(copy)]) == 0
+    capsys.readouterr()
+    assert main(["grade", "--marks", str(theirs), "--out", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"{mine}, line 2" in err and f"{theirs}, line 2" in err and "earlier merge" in err, err
+    assert _merged(copy)[0]["copier"][-3] == "2"  # the first mark kept
+    shifted = tmp_path / "shifted.csv"  # a comment with a line break, a blank line, then the conflict
+    shifted.write_text('student,question,points,comment\nteacher,why-z,1,"good,\nbut short"\n\n'
+                       "teacher,why-z,2,\n", encoding="utf-8")
+    assert main(["grade", "--marks", str(shifted), "--out", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"{shifted}, line 2" in err and f"{shifted}, line 5" in err, err
+
+
 def test_spreadsheet_formulas_are_neutralised_and_ids_make_safe_file_names():
     for value in ("=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"):
         assert spreadsheet_safe(value) == "'" + value and from_spreadsheet(spreadsheet_safe(value)) == value

@@ -142,6 +142,30 @@ def test_a_failure_during_the_run_is_not_a_grade_and_a_rerun_through_a_symlinked
     assert "5 / 7 points" in (out / "teacher.html").read_text(encoding="utf-8")
 
 
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_preflight_stops_in_one_line_and_leaves_nothing(sig, lab, teacher, tmp_path):
+    out = tmp_path / "grades"
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import gradinglab\n"
+            "import labutils.instructor.grading as grading; grading.default_registry = lambda: gradinglab.EXERCISES\n"
+            "from labutils.cli import main; sys.exit(main(sys.argv[1:]))")
+    run = subprocess.Popen([sys.executable, "-c", code, str(TESTS), "grade", str(teacher), "--notebooks", str(lab),
+                            "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("labutils-kernel-" in p for p in leftovers(run.pid)):  # the preflight's kernel is starting
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.05)
+        run.send_signal(sig)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 2 and stderr.strip() == f"error: stopped by {sig.name} during the preflight: nothing " \
+                                                     "was graded or written", stderr
+    assert not out.exists() and leftovers(run.pid) == []
+
+
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 

@@ -17,6 +17,7 @@ import pytest
 
 import labutils
 from labutils.checks import EXERCISES
+from labutils.instructor import sandbox
 from labutils.instructor.scoring import _stage, import_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,3 +152,76 @@ def test_import_lines_of_every_lab_notebook_bind_what_importing_would():
                     assert bound[name] is expected or bound[name] == expected, (path.name, line)
                     checked += 1
     assert checked > 50
+
+
+# ---------------------------------------------------------------- what a scoring process remembers
+
+THIEF = '''def my_alpha(gradients):
+    import re
+    found = set()
+    wanted = {"the instructor's solution": re.compile(rb"BEGIN[ ]SOLUTION"),
+              "another student's code": re.compile(rb"HONEST[_]MARKER[_]42")}
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "rw" not in fields[1] or (len(fields) > 5 and not fields[5].startswith("[heap")):
+                continue  # the heap and anonymous memory: where freed requests would lie
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(low)
+                data = mem.read(high - low)
+            except (OSError, ValueError, OverflowError):
+                continue
+            found |= {name for name, pattern in wanted.items() if pattern.search(data)}
+    raise ValueError("FOUND " + " and ".join(sorted(found)) if found else "CLEAN")
+'''
+
+
+def grade_tiny(tmp_path: Path, students: dict, **options):
+    """Grade the tiny lab (``tests/gradinglab.py``) with --no-execute: ``students`` maps an id to a change of the
+    instructor's notebook. Results by student."""
+    from gradinglab import EXERCISES as TINY, NOTEBOOK, variant, write_lab
+    from labutils.instructor.grading import grade
+
+    lab = write_lab(tmp_path / "instructor")
+    for student, change in students.items():
+        variant(lab / NOTEBOOK, tmp_path / "subs" / student / NOTEBOOK, change)
+    results = grade([tmp_path / "subs"], tmp_path / "grades", instructor_dir=lab, registry=TINY, progress=False,
+                    execute=False, **options)
+    return {r.student: r for r in results}
+
+
+def set_cell(grade_id: str, source: str):
+    from gradinglab import cell
+
+    return lambda nb: setattr(cell(nb, grade_id), "source", source)
+
+
+@pytest.mark.skipif(not sandbox.bwrap_works(), reason="needs bubblewrap (apt-get install bubblewrap)")
+def test_a_solution_finds_neither_the_instructors_solutions_nor_other_students_code_in_its_memory(tmp_path):
+    """The scoring process scored the instructor's notebook (the preflight) and another student before this
+    solution, which reads every writable page of its own process: none of that is there."""
+    honest = set_cell("alpha-solution", "def my_alpha(gradients):\n    HONEST_MARKER_42 = 1\n"
+                                        "    return gradients.mean(dim=(-2, -1))")
+    results = grade_tiny(tmp_path, {"a_honest": honest, "z_thief": set_cell("alpha-solution", THIEF)}, jobs=1)
+    assert results["a_honest"].exercises[0].passed
+    said = results["z_thief"].exercises[0].message
+    assert "ValueError: CLEAN" in said, said
+
+
+@pytest.mark.skipif(not sandbox.bwrap_works(), reason="needs bubblewrap (apt-get install bubblewrap)")
+def test_code_too_deep_to_parse_is_the_students_own_never_not_graded(tmp_path):
+    """A cell nested too deeply for Python's parser (before a solution, or in one) is passed over as a cell that
+    is not Python: the student is graded (it was 'not graded' for ever: RecursionError, MemoryError)."""
+    from gradinglab import ALPHA_BODY
+    from nbformat.v4 import new_code_cell
+
+    deep = "y = x" + ".a" * 100_000
+    results = grade_tiny(tmp_path, {
+        "deep_cell": lambda nb: nb.cells.insert(1, new_code_cell(deep + "\n" + "-" * 100_000 + "1")),
+        "deep_solution": set_cell("alpha-solution", f"def my_alpha(gradients):\n    {ALPHA_BODY}\n{deep}\n"),
+    })
+    assert sorted(results) == ["deep_cell", "deep_solution"]  # both graded
+    assert [e.passed for e in results["deep_cell"].exercises] == [True, True]
+    alpha, combine = results["deep_solution"].exercises
+    assert not alpha.passed and "RecursionError" in alpha.message and combine.passed, alpha.message

@@ -141,7 +141,7 @@ async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: S
     code = [n for n, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
     deadline = time.monotonic() + settings.budget
     cgroup = make_cgroup(settings.kernel.limits) if settings.kernel.sandboxed and settings.kernel.cgroups else None
-    launched: list = []  # the kernels' processes (subprocess.Popen)
+    clients: list = []  # every kernel's client: its kernel process is killed on the way out, started or not
     try:
         while start < len(nb.cells):
             _stop_if_cancelled()
@@ -160,12 +160,12 @@ async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: S
                 error_on_timeout={"ename": TIMEOUT_ERROR, "evalue": "stopped: the cell ran out of time",
                                   "traceback": []},
             )  # fmt: skip
+            clients.append(client)
             index = start
             quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
             try:
                 env = settings.plain_env if km is None else {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
                 async with client.async_setup_kernel(env=env, **quiet):  # sandboxed: bwrap gets no secrets
-                    launched.append(getattr(getattr(client.km, "provisioner", None), "process", None))
                     for index in range(start, len(nb.cells)):
                         left = deadline - time.monotonic()
                         if left <= 0:
@@ -208,7 +208,8 @@ async def execute(nb: nbformat.NotebookNode, run: Run, rundir: Path, settings: S
     finally:
         if cgroup is not None:
             await asyncio.get_running_loop().run_in_executor(None, cgroup.remove)
-        for process in filter(None, launched):  # reaped, never left as zombies
+        launched = [getattr(getattr(getattr(c, "km", None), "provisioner", None), "process", None) for c in clients]
+        for process in filter(None, launched):  # reaped, never left as zombies (a start cancelled midway too)
             try:
                 process.kill()
                 await asyncio.get_running_loop().run_in_executor(None, process.wait)

@@ -120,15 +120,33 @@ def save(result: GradeResult, runs: dict[str, Run], out_dir: Path) -> None:
 
 
 def _read_marks(marks: Path) -> list[tuple[str, int, str, str, str]]:
-    """(file, line, student, question, points text) of each row of a marks CSV."""
+    """(file, line, student, question, points text) of each row of a marks CSV. The file is named by its full
+    path (two assistants' ``marks.csv`` are two files); the line is the one the row starts on in an editor."""
     try:
-        rows = list(csv.DictReader(Path(marks).read_text(encoding="utf-8-sig").splitlines()))
+        reader = csv.reader(io.StringIO(Path(marks).read_text(encoding="utf-8-sig"), newline=""))
+        rows, header, before = [], None, 0
+        for row in reader:
+            start, before = before + 1, reader.line_num
+            if not row:
+                continue  # a blank line
+            if header is None:
+                header = row
+                continue
+            rows.append((start, dict(zip(header, row))))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise LabError(f"--marks {marks}: not a readable CSV file ({error})") from None
-    if rows and not {"student", "question", "points"} <= set(rows[0]):
+    if header is not None and rows and not {"student", "question", "points"} <= set(header):
         raise LabError(f"--marks {marks}: the header must name the columns student, question, points")
-    return [(str(marks), n, from_spreadsheet(row["student"] or ""), from_spreadsheet(row["question"] or ""),
-             (row["points"] or "").strip()) for n, row in enumerate(rows, start=2)]
+    where = str(Path(marks).resolve())
+    return [(where, n, from_spreadsheet(row.get("student") or ""), from_spreadsheet(row.get("question") or ""),
+             (row.get("points") or "").strip()) for n, row in rows]
+
+
+def _same_file(marked_at: str, where: str) -> bool:
+    """Whether the mark ``marked_at`` ("FILE, line N") came from the marks file ``where`` (a full path; marks
+    merged by an older grader name the file alone)."""
+    given = marked_at.rsplit(", line ", 1)[0]
+    return given == where or (Path(given).name == given and given == Path(where).name)
 
 
 def merge_marks(marks: Path | list[Path], out_dir: Path) -> list[GradeResult]:
@@ -139,7 +157,7 @@ def merge_marks(marks: Path | list[Path], out_dir: Path) -> list[GradeResult]:
     ignored). Merging is per cell: an empty ``points`` changes nothing, ``-`` or ``clear`` removes a mark,
     a number sets it. The same answer given different points in the files being merged (or twice in one
     file) is refused, naming both lines, so the files merge to the same result in any order; so is a mark
-    that another file (by its name) gave in an earlier merge: each mark remembers its file and line
+    that another file (by its full path) gave in an earlier merge: each mark remembers its file and line
     (``marked_at``), and only that file, corrected and merged again, changes it. Every row is checked before
     anything is written.
     """
@@ -174,8 +192,7 @@ def merge_marks(marks: Path | list[Path], out_dir: Path) -> list[GradeResult]:
             raise LabError(f"--marks: {student}'s {question} is {said} at {earlier[2]} but {line} {now}; "
                            "agree on one mark and merge again")
         before = found[0]
-        if before.marked_at and before.points != value and \
-                before.marked_at.rsplit(", line ", 1)[0] != Path(where).name:
+        if before.marked_at and before.points != value and not _same_file(before.marked_at, where):
             said = "cleared" if before.points is None else f"{before.points:g}"
             now = "clears it" if value is None else f"gives {value:g}"
             raise LabError(f"--marks: {student}'s {question} was given {said} by {before.marked_at} (an earlier merge) "
@@ -185,7 +202,7 @@ def merge_marks(marks: Path | list[Path], out_dir: Path) -> list[GradeResult]:
     for question, value, line in updates.values():
         sheet, _, number = line.rpartition(", line ")
         question.points = value
-        question.marked_at = None if value is None else f"{Path(sheet).name}, line {number}"
+        question.marked_at = None if value is None else f"{sheet}, line {number}"
     changed = {student for student, _ in updates}
     for student in sorted(changed):
         result = results[student]

@@ -66,7 +66,7 @@ from .progress import Progress
 from .report import FIGURE_CAP, STYLE, report_html
 from .results import ExerciseResult, GradeResult, NotGraded, QuestionResult, Run
 from .sandbox import NO_SANDBOX_WARNING, Limits, bwrap_problem, cgroups_work, fix_for
-from .scoring import START_TIMEOUT, ScoringPool, ScoringSetup, Verdict, not_submitted, score, score_notebook
+from .scoring import START_TIMEOUT, ScoringPool, ScoringSetup, Verdict, all_of, not_submitted, score, score_notebook
 from .release import current_release, release_note
 from .student import REPO_ROOT
 
@@ -105,7 +105,7 @@ async def grade_notebook(name: str, paths: list[Path], lab: LabNotebook, setting
         return run
     rundir = kernel_folder()
     try:
-        await asyncio.gather(execute(nb, run, rundir, settings), score_notebook(submitted, lab, run, pool))
+        await all_of(execute(nb, run, rundir, settings), score_notebook(submitted, lab, run, pool))
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
     run.seconds = time.monotonic() - began
@@ -238,7 +238,7 @@ async def preflight(lab: dict[str, LabNotebook], instructor_dir: Path, settings:
     runs = {name: Run(name, None) for name in lab}
     scoring = [score_notebook(nbformat.read(instructor_dir / name, as_version=4), notebook, runs[name], pool)
                for name, notebook in lab.items()]
-    checks = await asyncio.gather(*scoring, *([_kernel_problem(settings)] if settings.execute else []))
+    checks = await all_of(*scoring, *([_kernel_problem(settings)] if settings.execute else []))
     problem = checks[-1] if settings.execute else ""
     for name, notebook in lab.items():
         for graded in notebook.exercises:
@@ -281,14 +281,47 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
     it is known, except those the grader's side failed (``not_graded``: student -> cause)."""
     slots = asyncio.Semaphore(jobs)
     pool = ScoringPool(pool_setup)
+    stopped_by: list[str] = []
+    running: list[asyncio.Future] = []
+
+    def stop(name: str) -> None:  # SIGINT, SIGTERM: every sandbox, cgroup and folder is removed on the way out
+        stopped_by.append(name)
+        for future in running:
+            future.cancel()
+
+    loop = asyncio.get_running_loop()
+    signals = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop, sig.name)
+            signals.append(sig)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread: the caller's handlers
+            pass
     try:
-        problem = await preflight(lab, instructor_dir, settings, pool)
-    except BaseException:
+        return await _grade_all(todo, students, lab, settings, pool, slots, out_dir, done, progress, instructor_dir,
+                                not_graded, release, stopped_by, running)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
         await pool.close()
+
+
+async def _grade_all(todo: list[str], students: dict, lab: dict[str, LabNotebook], settings: Settings,
+                     pool: ScoringPool, slots: asyncio.Semaphore, out_dir: Path, done: dict[str, GradeResult],
+                     progress: bool, instructor_dir: Path, not_graded: dict[str, str], release: str | None,
+                     stopped_by: list[str], running: list[asyncio.Future]) -> dict[str, GradeResult]:
+    """_run_all's work: what it runs is put in ``running``, for a signal to cancel."""
+    running.append(asyncio.ensure_future(preflight(lab, instructor_dir, settings, pool)))
+    try:
+        problem = await running[-1]
+    except asyncio.CancelledError:
+        if stopped_by:
+            raise LabError(f"stopped by {stopped_by[0]} during the preflight: nothing was graded or written") \
+                from None
         raise
     if problem:
-        await pool.close()
         raise LabError(f"preflight: {problem}")
+    pool_setup = pool.setup
     out_dir.mkdir(parents=True, exist_ok=True)
     results = dict(done)
     saving = asyncio.Lock()
@@ -309,7 +342,7 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
     async def student(sid: str) -> None:
         mine = students[sid]
         names = [name for name in lab if name in mine]
-        runs = dict(zip(names, await asyncio.gather(*(notebook(n, mine[n]) for n in names))))
+        runs = dict(zip(names, await all_of(*(notebook(n, mine[n]) for n in names))))
         causes = [f"{name}: {why}" for name, run in runs.items() for why in run.infrastructure] + \
             [f"{name}, {grade_id}: {v.message}" for name, run in runs.items() for grade_id, v in run.verdicts.items()
              if v.infrastructure]
@@ -343,31 +376,17 @@ async def _run_all(todo: list[str], students: dict, lab: dict[str, LabNotebook],
             write_csv(list(results.values()), out_dir / "grades.csv")
             bar.student(sid, failed)
 
-    everyone = asyncio.ensure_future(asyncio.gather(*(student(s) for s in todo)))
-    stopped_by: list[str] = []
-
-    def stop(name: str) -> None:  # SIGINT, SIGTERM: every sandbox, cgroup and folder is removed on the way out
-        stopped_by.append(name)
+    everyone = asyncio.ensure_future(all_of(*(student(s) for s in todo)))
+    running.append(everyone)
+    if stopped_by:  # a signal came as the preflight ended
         everyone.cancel()
-
-    loop = asyncio.get_running_loop()
-    signals = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop, sig.name)
-            signals.append(sig)
-        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread: the caller's handlers
-            pass
     try:
         await everyone
     except asyncio.CancelledError:
         if not stopped_by:
             raise
     finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
         bar.close()
-        await pool.close()
     write_csv(list(results.values()), out_dir / "grades.csv")
     if stopped_by:
         write_marks_template(list(results.values()), out_dir / "marks-template.csv")

@@ -431,7 +431,7 @@ def functions_in(source: str) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
     """Every function (nested ones too) defined in ``source``; none if it does not parse."""
     try:
         tree = ast.parse(python_source(source))
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # not Python, or too deep
         return []
     return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
 

@@ -55,7 +55,7 @@ class QuestionResult:
     answer: str
     scheme: str
     points: Optional[float] = None  # from the marks CSV
-    marked_at: Optional[str] = None  # the marks file (its name) and line that gave ``points``
+    marked_at: Optional[str] = None  # the marks file (its full path) and line that gave ``points``
 
 
 @dataclass

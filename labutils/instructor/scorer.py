@@ -4,10 +4,12 @@
 
 It imports torch and numpy once, then serves requests read from stdin: each one is a solution cell's
 code, the function it defines, the modules it may import and the cases to call it on. For each request
-it forks one child, which runs the notebook's import lines and the solution cell in a fresh namespace
-and calls the function on every case with ``labutils.exercise.call``; the child sends the outcomes back
-as plain data (:mod:`labutils.instructor.plain`) and exits. After each request every other process of
-the sandbox is killed and ``/tmp`` is emptied, so nothing one solution leaves behind meets the next.
+it forks a worker, which reads the request itself (the scoring process never holds one, so no solution
+finds the instructor's or another student's code in the memory it inherits) and forks one child, which
+runs the notebook's import lines and the solution cell in a fresh namespace and calls the function on
+every case with ``labutils.exercise.call``; the child sends the outcomes back as plain data
+(:mod:`labutils.instructor.plain`) and exits. After each request every other process of the sandbox is
+killed and ``/tmp`` is emptied, so nothing one solution leaves behind meets the next.
 The grader decides the points from the outcomes; nothing here is trusted.
 
 Only the files of torch, numpy, ``labutils.exercise`` and the request's ``modules`` exist in this
@@ -33,18 +35,31 @@ SAFE_STDLIB = frozenset(
 SOLUTION_FILE = "<solution cell>"
 
 
-def read_frame(stream) -> bytes | None:  # type: ignore[no-untyped-def]
-    head = stream.read(8)
+def _read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from ``fd`` (fewer only at its end), read without a buffer: nothing beyond them is taken."""
+    chunks, left = [], size
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> bytes | None:
+    head = _read_exactly(fd, 8)
     if len(head) < 8:
         return None
     (size,) = struct.unpack("<Q", head)
-    data = stream.read(size)
+    data = _read_exactly(fd, size)
     return data if len(data) == size else None
 
 
-def write_frame(stream, data: bytes) -> None:  # type: ignore[no-untyped-def]
-    stream.write(struct.pack("<Q", len(data)) + data)
-    stream.flush()
+def write_frame(fd: int, data: bytes) -> None:
+    view = memoryview(struct.pack("<Q", len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _allow_imports(namespace: dict, modules: list[str], views: tuple[str, ...] | list[str] = ()) -> None:
@@ -125,19 +140,16 @@ def child(request: dict, fd: int) -> None:
     send({"failure": None, "outcomes": results})
 
 
-def _others() -> list[int]:
-    """Every process of the sandbox but this one and the sandbox's init."""
-    mine = {os.getpid(), 1}
+def _others(spared: tuple[int, ...] = ()) -> list[int]:
+    """Every process of the sandbox but this one, the sandbox's init and ``spared``."""
+    mine = {os.getpid(), 1, *spared}
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in mine]
 
 
-def clean(workdir: str, sandboxed: bool) -> None:
-    """Kill every other process of the sandbox and empty /tmp and /dev/shm (without a sandbox: the work folder)."""
-    if not sandboxed:
-        shutil.rmtree(workdir, ignore_errors=True)
-        return
+def _kill_others(spared: tuple[int, ...] = ()) -> None:
+    """Kill (and reap) every other process of the sandbox until none is left."""
     for _ in range(200):
-        others = _others()
+        others = _others(spared)
         if not others:
             break
         for pid in others:
@@ -151,6 +163,14 @@ def clean(workdir: str, sandboxed: bool) -> None:
         except ChildProcessError:
             pass
         time.sleep(0.01)
+
+
+def clean(workdir: str, sandboxed: bool) -> None:
+    """Kill every other process of the sandbox and empty /tmp and /dev/shm (without a sandbox: the work folder)."""
+    if not sandboxed:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
+    _kill_others()
     for folder in ("/tmp", "/dev/shm"):
         try:
             entries = os.listdir(folder)
@@ -167,8 +187,9 @@ def clean(workdir: str, sandboxed: bool) -> None:
                     pass
 
 
-def serve_one(request: dict, streams: tuple[int, int]) -> bytes:
-    """Fork a child for the request; its answer as a message, or a failure the scorer writes itself."""
+def serve_one(request: dict, streams: tuple[int, ...]) -> bytes:
+    """Fork a child for the request; its answer as a message, or a failure the scorer writes itself.
+    ``streams``: the file descriptors the child must not keep (the protocol's)."""
     from labutils.instructor.plain import MAX_BYTES, encode
 
     read_end, write_end = os.pipe()
@@ -228,6 +249,30 @@ def serve_one(request: dict, streams: tuple[int, int]) -> bytes:
     return b"".join(chunks)
 
 
+WROTE, ENDED = b"w", b"e"  # what a worker tells the scoring process: it wrote its answer; stdin has ended
+
+
+def worker(requests: int, answers: int, told: int, workdir: str, sandboxed: bool) -> None:
+    """In a fresh process forked for one request: read it from the grader, serve it, write the answer.
+
+    Only this process and its child ever hold the request: the scoring process that forks a worker for each
+    request never reads one, so no solution finds another's code (nor the instructor's, scored first) in
+    the memory it was forked from."""
+    from labutils.instructor.plain import decode
+
+    frame = read_frame(requests)
+    if frame is None:
+        os.write(told, ENDED)
+        return
+    request = decode(frame)
+    request["workdir"] = workdir
+    answer = serve_one(request, (requests, answers, told))
+    if sandboxed:
+        _kill_others((os.getppid(),))  # nothing the solution started may interrupt the answer
+    write_frame(answers, answer)
+    os.write(told, WROTE)
+
+
 def _not_dumpable() -> None:
     """No process of the sandbox may read or write this one's memory (/proc/PID/mem, ptrace)."""
     try:
@@ -238,32 +283,58 @@ def _not_dumpable() -> None:
         pass
 
 
+def _die_with(parent: int) -> None:
+    """This process is killed when ``parent`` dies (a worker never outlives its scoring process)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
 def main(argv: list[str]) -> None:
-    """Serve requests until stdin closes. ``--sandboxed``: this process is alone in its PID namespace."""
+    """Serve requests until stdin closes, each in a worker forked from this process, which never holds one.
+    ``--sandboxed``: this process is alone in its PID namespace."""
     import tempfile
 
-    import numpy  # noqa: F401  (pre-imported once: each child starts with them loaded)
+    import numpy  # noqa: F401  (pre-imported once: each worker starts with them loaded)
     import torch  # noqa: F401
 
-    from labutils.instructor.plain import decode
+    from labutils.instructor.plain import encode
 
-    requests = os.fdopen(os.dup(0), "rb")
-    answers = os.fdopen(os.dup(1), "wb")
+    requests, answers = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     _not_dumpable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sandboxed = "--sandboxed" in argv
     write_frame(answers, b"ready")
+    parent = os.getpid()
     while True:
-        frame = read_frame(requests)
-        if frame is None:
+        workdir = tempfile.mkdtemp(prefix="work-")
+        told_read, told = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(told_read)
+                _die_with(parent)
+                worker(requests, answers, told, workdir, sandboxed)
+            finally:
+                os._exit(0)
+        os.close(told)
+        os.waitpid(pid, 0)
+        said = os.read(told_read, 1)
+        os.close(told_read)
+        clean(workdir, sandboxed)
+        if said == ENDED:
             return
-        request = decode(frame)
-        request["workdir"] = tempfile.mkdtemp(prefix="work-")
-        answer = serve_one(request, (requests.fileno(), answers.fileno()))
-        clean(request["workdir"], "--sandboxed" in argv)
-        write_frame(answers, answer)
+        if said != WROTE:  # the worker died before it answered (killed from inside)
+            write_frame(answers, encode({"failure": "the scoring process was killed while it ran this solution",
+                                         "outcomes": []}))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import operator
 import os
 import secrets
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -449,7 +450,12 @@ class Scorer:
         return (self.cgroup.prefix() if self.cgroup else rlimit_prefix(self.setup.limits)) + argv
 
     async def _start(self) -> None:
-        argv = await asyncio.get_running_loop().run_in_executor(None, self.argv)
+        preparing = asyncio.get_running_loop().run_in_executor(None, self.argv)
+        try:
+            argv = await asyncio.shield(preparing)
+        except asyncio.CancelledError:  # the run stops: let the thread end, so that stop() removes its cgroup
+            await asyncio.wait([preparing])
+            raise
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(self.stage), "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": str(self.setup.threads)}  # nothing else of the grader's environment
         self.process = await asyncio.create_subprocess_exec(
@@ -483,8 +489,8 @@ class Scorer:
     async def stop(self) -> None:
         if self.process and self.process.returncode is None:
             try:
-                self.process.kill()
-            except ProcessLookupError:
+                os.killpg(self.process.pid, signal.SIGKILL)  # its session: the scoring process and its worker
+            except (ProcessLookupError, PermissionError):
                 pass
             await self.process.wait()
         if self.drain is not None:
@@ -568,6 +574,21 @@ class ScoringPool:
 # ---------------------------------------------------------------- the score stage
 
 
+async def all_of(*awaitables: Any) -> list:
+    """``asyncio.gather``, except that when one fails or the run stops, the others are cancelled and awaited
+    before it raises: each one has cleaned up (kernels stopped, folders removed) when the caller goes on."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            if not task.cancelling():  # cancelled once already (by gather): a second cancel would cut its cleanup
+                task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        raise
+
+
 async def score_notebook(submitted: nbformat.NotebookNode, lab: LabNotebook, run: Run, pool: ScoringPool) -> None:
     """Score each exercise of the notebook from the solution cells of the grader's own copy, all at once: an
     exercise waits only for its own scoring process."""
@@ -587,7 +608,7 @@ async def score_notebook(submitted: nbformat.NotebookNode, lab: LabNotebook, run
                                 and isinstance(c.get("source"), str)])
         return await pool.score(exercise, cells[first]["source"], prelude)
 
-    verdicts = await asyncio.gather(*(one(graded) for graded in lab.exercises))
+    verdicts = await all_of(*(one(graded) for graded in lab.exercises))
     for graded, verdict in zip(lab.exercises, verdicts):  # in the lab's order, whatever order they finished in
         grade_id, where = graded.exercise.grade_id, found[graded.exercise.grade_id]
         run.verdicts[grade_id] = verdict
